@@ -1,0 +1,306 @@
+"""The NetModel-style API: ``load``, ``get_model`` and the model object.
+
+>>> import capszoo
+>>> model = capszoo.load("capsnet-mnist")
+>>> model("digit.png")                                  # doctest: +SKIP
+7
+>>> model("digit.png", prop="TopProbabilities", top=3)  # doctest: +SKIP
+[(7, 0.98), (2, 0.04), (3, 0.02)]
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import _env  # noqa: F401
+
+import numpy as np
+
+from ._registry import ModelCard, get_card
+from .errors import InvalidInputError, SubnetNotFoundError
+
+__all__ = ["load", "get_model", "CapsNetModel", "PROPERTIES", "VARIANTS"]
+
+#: What a model call can return (Wolfram's NetModel properties).
+PROPERTIES = ("Decision", "Probabilities", "TopProbabilities", "Capsule", "Reconstruction")
+#: Variants ``load`` accepts besides the pretrained evaluation net.
+VARIANTS = ("EvaluationNet", "UninitializedEvaluationNet", "TrainingNet")
+DTYPES = ("float32",)
+
+
+def _is_single(inputs):
+    """Whether ``inputs`` is one image (the call returns one result) rather than a batch."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return True
+    if isinstance(inputs, (list, tuple)):
+        return False
+    if isinstance(inputs, np.ndarray):
+        from ._preprocess import is_single_image
+        return is_single_image(inputs)
+    try:
+        import mxnet as mx
+        if isinstance(inputs, mx.nd.NDArray):
+            return False
+    except ImportError:  # pragma: no cover
+        pass
+    return True  # PIL image and anything the encoder will judge
+
+
+class CapsNetModel:
+    """A pretrained CapsNet with its card: classify, take apart, inspect.
+
+    Call it on a file path, a PIL image, a numpy array (2-D, HxWxC, or a batch)
+    or a list of these::
+
+        model(x)                                  # the class (Decision)
+        model(x, prop="Probabilities")            # {class: capsule length}
+        model(x, prop="TopProbabilities", top=3)  # [(class, p), ...] best first
+        model(x, prop="Capsule")                  # 16-D capsule of the predicted class
+        model(x, prop="Reconstruction")           # PIL image decoded from that capsule
+
+    One image gives one result, a list or batch a list.  An ``mxnet.nd.NDArray``
+    of shape (N,1,28,28) in [0, 1] skips preprocessing.
+
+    Class probabilities are the lengths of the 10 digit capsules: each is in
+    [0, 1) and they need not sum to 1 (several digits can be present).
+
+    Attributes
+    ----------
+    card : ModelCard
+    net : CapsNet
+        The Gluon HybridBlock (hybridized).
+    ctx : list of mxnet.Context
+    weights_path : str or None
+    """
+
+    def __init__(self, card: ModelCard, net, ctx, weights_path=None, dtype="float32"):
+        self.card, self.net, self.ctx, self.weights_path, self.dtype = card, net, ctx, weights_path, dtype
+
+    # -- classification -------------------------------------------------------------------
+    def __call__(self, inputs, prop="Decision", *, top=5, polarity="auto", fit="auto", batch_size=128):
+        if prop not in PROPERTIES:
+            raise InvalidInputError(f"unknown property {prop!r}; use one of: {', '.join(PROPERTIES)}")
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise InvalidInputError(f"top must be a positive integer, got {top!r}")
+        single = _is_single(inputs)
+        x = self.encode(inputs, polarity=polarity, fit=fit)
+        probs, caps, recos = self._run(x, batch_size, need_reco=(prop == "Reconstruction"))
+        classes = self.card.classes
+        if prop == "Decision":
+            out = [classes[int(i)] for i in probs.argmax(axis=1)]
+        elif prop == "Probabilities":
+            out = [{c: float(p) for c, p in zip(classes, row)} for row in probs]
+        elif prop == "TopProbabilities":
+            k = min(top, len(classes))
+            out = [[(classes[int(i)], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
+                   for row in probs]
+        elif prop == "Capsule":
+            out = list(caps)
+        else:
+            out = [_to_pil(r) for r in recos]
+        return out[0] if single else out
+
+    def encode(self, inputs, *, polarity="auto", fit="auto"):
+        """Preprocess ``inputs`` into the net's float32 (N,1,28,28) batch.
+
+        An ``mxnet.nd.NDArray`` of that shape with finite values in [0, 1] passes
+        through untouched; see :func:`capszoo._preprocess.to_batch` for the rest.
+        """
+        import mxnet as mx
+
+        if isinstance(inputs, mx.nd.NDArray):
+            if inputs.ndim != 4 or tuple(inputs.shape[1:]) != self.card.input_shape:
+                raise InvalidInputError(f"an NDArray batch must have shape (N, 1, 28, 28), got {inputs.shape}")
+            x = inputs.astype("float32", copy=False)
+            if x.shape[0]:
+                lo, hi = float(x.min().asscalar()), float(x.max().asscalar())
+                if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+                    raise InvalidInputError(f"an NDArray batch must hold finite values in [0, 1], got range "
+                                            f"[{lo}, {hi}]; scale it (x / 255) or pass numpy/PIL images")
+            return x
+        from ._preprocess import to_batch
+        return mx.nd.array(to_batch(inputs, polarity=polarity, fit=fit), dtype="float32")
+
+    def _run(self, x, batch_size, need_reco=False):
+        import mxnet as mx
+        from mxnet import gluon
+
+        if x.shape[0] == 0:
+            raise InvalidInputError("no images to classify (empty batch)")
+        probs, caps, recos = [], [], []
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start:start + batch_size]
+            parts = gluon.utils.split_and_load(chunk, self.ctx, even_split=False) if len(self.ctx) > 1 \
+                else [chunk.as_in_context(self.ctx[0])]
+            for part in parts:
+                p, c, r = self.net(part)
+                probs.append(p.asnumpy())
+                caps.append(c.asnumpy())
+                if need_reco:
+                    recos.append(r.asnumpy())
+        mx.nd.waitall()
+        return (np.concatenate(probs), np.concatenate(caps), np.concatenate(recos) if recos else None)
+
+    def predict(self, inputs, *, batch_size=128, polarity="auto"):
+        """Class probabilities as a numpy array (N, 10)."""
+        return self._run(self.encode(inputs, polarity=polarity), batch_size)[0]
+
+    # -- taking the net apart -------------------------------------------------------------
+    def __getitem__(self, name):
+        """The named sub-net (``model["DigitCaps"]``), sharing parameters with the model."""
+        try:
+            return self.net[name]
+        except KeyError:
+            raise SubnetNotFoundError(f"{self.card.name} has no sub-net {name!r}; sub-nets: "
+                                      f"{', '.join(self.card.subnets)}") from None
+
+    @property
+    def subnet_names(self):
+        return self.card.subnets
+
+    def take(self, start, end=None):
+        """A HybridBlock running sub-nets ``start`` to ``end`` (NetTake); accepts ``"A:B"``."""
+        from ._slices import take
+        block = take(self.net, start, end)
+        block.hybridize(static_alloc=True)
+        return block
+
+    def feature_extractor(self):
+        """Image (N,1,28,28) -> the predicted class's 16-D capsule (N,16): ``take("ReLUConv1", "Pick")``."""
+        return self.take("ReLUConv1", "Pick")
+
+    def reconstructor(self):
+        """16-D capsule (N,16) -> image (N,1,28,28): the ``Reconstruct`` sub-net."""
+        return self.take("Reconstruct")
+
+    def features(self, inputs, *, polarity="auto", batch_size=128):
+        """16-D Pick features of ``inputs`` as numpy (N,16)."""
+        return self._run(self.encode(inputs, polarity=polarity), batch_size)[1]
+
+    def reconstruct(self, vectors):
+        """Decode 16-D capsule vector(s) into PIL image(s) (one vector -> one image)."""
+        import mxnet as mx
+
+        v = np.asarray(vectors, dtype=np.float64)
+        single = v.ndim == 1
+        v = v[None] if single else v
+        if v.ndim != 2 or v.shape[1] != 16 or v.shape[0] == 0:
+            raise InvalidInputError(f"capsule vectors must have shape (16,) or (N, 16), got {np.shape(vectors)}")
+        if not np.isfinite(v).all():
+            raise InvalidInputError("capsule vectors contain NaN or inf")
+        out = self.net["Reconstruct"](mx.nd.array(v.astype(np.float32), ctx=self.ctx[0])).asnumpy()
+        images = [_to_pil(r) for r in out]
+        return images[0] if single else images
+
+    def port(self, inputs, name, *, polarity="auto", batch_size=128):
+        """The output of sub-net ``name`` for ``inputs`` (NetPort), as numpy with a batch axis."""
+        block = self.take("ReLUConv1", name)
+        x = self.encode(inputs, polarity=polarity)
+        if x.shape[0] == 0:
+            raise InvalidInputError("no images given (empty batch)")
+        return np.concatenate([block(x[i:i + batch_size].as_in_context(self.ctx[0])).asnumpy()
+                               for i in range(0, x.shape[0], batch_size)])
+
+    # -- information ----------------------------------------------------------------------
+    def info(self):
+        """:class:`~capszoo.NetInfo`: layers, parameters, arrays, layer types, trained size."""
+        from ._info import net_info
+        return net_info(self.net, name=self.card.name, weights_path=self.weights_path)
+
+    def __repr__(self):
+        return (f"CapsNetModel({self.card.name!r}, params={self.card.num_params:,}, "
+                f"ctx={[str(c) for c in self.ctx]}, weights={self.weights_path!r})")
+
+
+def _to_pil(arr):
+    from PIL import Image
+    a = np.clip(np.asarray(arr).reshape(28, 28) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(a, mode="L")
+
+
+def _check_dtype(dtype):
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"unsupported dtype {dtype!r}; use one of: {', '.join(DTYPES)}")
+
+
+def get_model(name, *, pretrained=True, ctx=None, weights=None, routing_iterations=None):
+    """The bare Gluon net (a HybridBlock), GluonCV style.
+
+    Parameters
+    ----------
+    name : str
+        A registered model name or alias (case-insensitive).
+    pretrained : bool
+        Load the published weights (verified by sha256); False returns an
+        uninitialized net.
+    ctx : str or mxnet.Context or list, optional
+        Devices (``"cpu"``, ``"gpu:0"``, ...); default CPU.
+    weights : str, optional
+        A ``.params`` file to load instead of the published weights.
+    routing_iterations : int, optional
+        Override the routing iterations (the weights do not depend on it).
+    """
+    from ._context import parse_ctx
+
+    card = get_card(name)
+    kwargs = {} if routing_iterations is None else {"routing_iterations": routing_iterations}
+    net = card.builder(**kwargs)
+    if not pretrained and weights is None:
+        return net
+    ctxs = parse_ctx(ctx)
+    from ._hub import resolve_weights
+    from ._weights import load_params_into
+    path = resolve_weights(card, path=weights)
+    load_params_into(net, path, ctx=ctxs)
+    net._capszoo_weights_path = path
+    return net
+
+
+def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="float32",
+         routing_iterations=None):
+    """Load a model by name, like Wolfram's ``NetModel[name]``.
+
+    Parameters
+    ----------
+    name : str
+        ``"capsnet-mnist"`` or an alias such as ``"CapsNet Trained on MNIST Data"``
+        (case-insensitive).
+    variant : str, optional
+        None or ``"EvaluationNet"``: the pretrained model object.
+        ``"UninitializedEvaluationNet"``: the bare net with fresh parameters.
+        ``"TrainingNet"``: the training architecture with its losses ``ClassLoss``
+        and ``RecoLoss`` attached, uninitialized.
+    ctx : str or mxnet.Context or list, optional
+        Devices for inference (``"cpu"``, ``"gpu:0"``, ``"cpu:0,cpu:1"``).
+    weights : str, optional
+        A ``.params`` file to use instead of the published weights.
+    dtype : str
+        ``"float32"``.
+    routing_iterations : int, optional
+        Routing iterations of ``DigitCaps`` (default: the card's, 3).
+
+    Returns
+    -------
+    CapsNetModel, or a HybridBlock for the uninitialized variants.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown name (the message suggests the nearest names).
+    WeightsNotAvailableError
+        No verified weights could be found.
+    """
+    card = get_card(name)
+    if variant is not None and variant not in VARIANTS:
+        raise InvalidInputError(f"unknown variant {variant!r}; use one of: {', '.join(VARIANTS)}")
+    _check_dtype(dtype)
+    kwargs = {} if routing_iterations is None else {"routing_iterations": routing_iterations}
+    if variant == "TrainingNet":
+        return card.training_builder(**kwargs)
+    if variant == "UninitializedEvaluationNet":
+        return card.builder(**kwargs)
+    from ._context import parse_ctx
+    ctxs = parse_ctx(ctx)
+    net = get_model(card.name, ctx=ctxs, weights=weights, routing_iterations=routing_iterations)
+    net.hybridize(static_alloc=True)
+    return CapsNetModel(card, net, ctxs, weights_path=net._capszoo_weights_path, dtype=dtype)

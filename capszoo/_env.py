@@ -1,0 +1,26 @@
+"""Process set-up that must happen before MXNet is imported.
+
+MXNet's OpenMP runtime starts with one thread on this class of machine; with
+``OMP_NUM_THREADS`` set to the usable cores before ``import mxnet`` the net runs
+about twice as fast.  We set it only when the user has not.
+"""
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    """Number of CPU cores this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads() -> None:
+    """Set ``OMP_NUM_THREADS`` to the usable cores unless the user chose a value."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = str(usable_cores())
+
+
+configure_threads()

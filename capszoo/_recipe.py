@@ -1,0 +1,202 @@
+"""Training recipes: declarative TOML files validated against frozen dataclasses.
+
+A recipe names every choice that determines the trained weights.  The schema is
+the dataclasses below: each TOML table is one dataclass, unknown keys, missing
+keys and wrong types are :class:`~capszoo.errors.RecipeError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import tomllib
+import typing
+
+from .errors import RecipeError
+
+__all__ = ["Recipe", "NetSection", "LossSection", "OptimizerSection", "DataSection",
+           "TrainSection", "load_recipe", "list_recipes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSection:
+    routing_iterations: int
+    pred_vects_init_scale: float
+
+    def _check(self):
+        _positive(self, "routing_iterations")
+        _positive(self, "pred_vects_init_scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSection:
+    margin_m_plus: float
+    margin_m_minus: float
+    margin_lambda: float
+    class_weight: float
+    reco_weight: float
+
+    def _check(self):
+        if not 0.0 <= self.margin_m_minus < self.margin_m_plus <= 1.0:
+            raise RecipeError(f"loss: need 0 <= margin_m_minus < margin_m_plus <= 1, got "
+                              f"{self.margin_m_minus} and {self.margin_m_plus}")
+        for name in ("margin_lambda", "class_weight", "reco_weight"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSection:
+    name: str
+    learning_rate: float
+    lr_decay: float
+
+    def _check(self):
+        if self.name not in ("adam",):
+            raise RecipeError(f"optimizer.name {self.name!r} is not supported; use 'adam'")
+        _positive(self, "learning_rate")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise RecipeError(f"optimizer.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``."""
+        return self.learning_rate * self.lr_decay ** epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    dataset: str
+    max_shift: int
+    validation_size: int
+    split_seed: int
+
+    def _check(self):
+        if self.dataset != "mnist":
+            raise RecipeError(f"data.dataset {self.dataset!r} is not supported; use 'mnist'")
+        if not 0 <= self.max_shift <= 8:
+            raise RecipeError(f"data.max_shift must be 0..8 pixels, got {self.max_shift}")
+        if self.validation_size < 0:
+            raise RecipeError(f"data.validation_size must be >= 0, got {self.validation_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    epochs: int
+    batch_size: int
+    seed: int
+
+    def _check(self):
+        _positive(self, "epochs")
+        _positive(self, "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A validated training recipe."""
+
+    name: str
+    model: str
+    description: str
+    net: NetSection
+    loss: LossSection
+    optimizer: OptimizerSection
+    data: DataSection
+    train: TrainSection
+    source: str = ""
+
+    def replace_train(self, **changes) -> "Recipe":
+        """A copy with some ``[train]`` values changed (CLI overrides); validated."""
+        train = dataclasses.replace(self.train, **{k: v for k, v in changes.items() if v is not None})
+        train._check()
+        return dataclasses.replace(self, train=train)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+_SECTIONS = {"net": ("net", NetSection), "loss": ("loss", LossSection),
+             "optimizer": ("optimizer", OptimizerSection), "data": ("data", DataSection),
+             "train": ("train", TrainSection)}
+_TOP = ("name", "model", "description")
+
+
+def _positive(obj, name):
+    if getattr(obj, name) <= 0:
+        raise RecipeError(f"{type(obj).__name__.replace('Section', '').lower()}.{name} must be > 0, "
+                          f"got {getattr(obj, name)}")
+
+
+def _typed(where, value, tp):
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise RecipeError(f"{where} must be of type {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, table, where):
+    if not isinstance(table, dict):
+        raise RecipeError(f"[{where}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise RecipeError(f"[{where}] unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    missing = [f for f in fields if f not in table]
+    if missing:
+        raise RecipeError(f"[{where}] missing key(s) {', '.join(missing)}")
+    obj = cls(**{f: _typed(f"{where}.{f}", table[f], hints[f]) for f in fields})
+    obj._check()
+    return obj
+
+
+def parse_recipe(doc: dict, source: str = "") -> Recipe:
+    """Validate a recipe already parsed from TOML into a :class:`Recipe`."""
+    allowed = set(_TOP) | set(_SECTIONS)
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise RecipeError(f"recipe {source}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    missing = [k for k in list(_TOP) + list(_SECTIONS) if k not in doc]
+    if missing:
+        raise RecipeError(f"recipe {source}: missing {', '.join(missing)}")
+    kw = {k: _typed(k, doc[k], str) for k in _TOP}
+    for key, (attr, cls) in _SECTIONS.items():
+        kw[attr] = _build(cls, doc[key], key)
+    return Recipe(source=source, **kw)
+
+
+def _bundled():
+    return importlib.resources.files("capszoo.recipes")
+
+
+def list_recipes():
+    """Names of the recipes shipped with capszoo."""
+    return sorted(p.name[:-5] for p in _bundled().iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path) -> Recipe:
+    """Load a recipe by bundled name (``"capsnet-mnist"``) or from a ``.toml`` path."""
+    text = None
+    source = os.fspath(name_or_path)
+    if os.path.isfile(source):
+        try:
+            with open(source, "rb") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise RecipeError(f"cannot read recipe {source}: {exc.strerror}") from None
+    else:
+        entry = _bundled() / f"{source}.toml"
+        if "/" not in source and os.sep not in source and entry.is_file():
+            text = entry.read_bytes()
+            source = f"capszoo.recipes/{source}.toml"
+    if text is None:
+        raise RecipeError(f"no recipe {source!r}: pass a .toml file or one of: {', '.join(list_recipes())}")
+    try:
+        doc = tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"recipe {source} is not valid TOML: {exc}") from None
+    return parse_recipe(doc, source)

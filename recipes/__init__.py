@@ -1,0 +1,1 @@
+"""Training recipes shipped with capszoo (TOML files validated by capszoo._recipe)."""

@@ -1,0 +1,73 @@
+"""Shared fixtures.  MNIST comes from ../shared/data/mnist (verified copy; no network here)."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _mnist_dir():
+    env = os.environ.get("CAPSZOO_TEST_MNIST")
+    for cand in ([env] if env else []) + [REPO.parent / "shared" / "data" / "mnist", REPO / "shared" / "data" / "mnist"]:
+        if cand and (pathlib.Path(cand) / "t10k-images-idx3-ubyte.gz").is_file():
+            return pathlib.Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Folder with the four MNIST .gz idx files."""
+    d = _mnist_dir()
+    if d is None:
+        pytest.fail("MNIST not found: expected ../shared/data/mnist beside the repo "
+                    "(or set CAPSZOO_TEST_MNIST)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    """The 10,000 MNIST test images (uint8 (N,28,28)) and labels."""
+    from capszoo.data import load_mnist
+    return load_mnist("test", data_dir=mnist_dir)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep every test away from the user's caches and from the network."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CAPSZOO_HOME", str(home / "capszoo"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HF_ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "CAPSZOO_MNIST_MIRRORS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("PORT", raising=False)
+
+
+def make_weights(path, seed=0):
+    """Save a seeded, initialized CapsNet's parameters (capsule lengths not degenerate)."""
+    from capszoo._net import CapsNet
+    from capszoo._recipe import load_recipe
+    from capszoo._train import initialize_net
+    from capszoo._weights import save_params
+
+    net = CapsNet()
+    initialize_net(net, load_recipe("capsnet-mnist"), [__import__("mxnet").cpu()], seed)
+    save_params(net, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seeded_weights(tmp_path_factory):
+    """A .params file of a seeded random CapsNet (a stand-in for trained weights)."""
+    return str(make_weights(tmp_path_factory.mktemp("weights") / "seeded.params"))
+
+
+@pytest.fixture(scope="session")
+def seeded_model(seeded_weights):
+    import capszoo
+    return capszoo.load("capsnet-mnist", weights=seeded_weights)

@@ -1,0 +1,89 @@
+"""The click CLI: list, info, classify, evaluate; exit codes and one-line errors."""
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from capszoo.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_help_on_every_command(runner):
+    r = runner.invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("list", "info", "classify", "evaluate", "train", "export"):
+        assert cmd in r.output
+        sub = runner.invoke(main, [cmd, "--help"])
+        assert sub.exit_code == 0 and "Usage:" in sub.output
+
+
+def test_list(runner):
+    r = runner.invoke(main, ["list"])
+    assert r.exit_code == 0 and r.output.startswith("capsnet-mnist")
+    r = runner.invoke(main, ["list", "--json"])
+    d = json.loads(r.output)
+    assert d[0]["name"] == "capsnet-mnist" and d[0]["num_params"] == 8_141_840
+
+
+def test_info_table_and_json(runner):
+    r = runner.invoke(main, ["info", "capsnet-mnist"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == "Number of layers: 76 | Parameter count: 8,141,840 | Trained size: 33 MB"
+    r = runner.invoke(main, ["info", "CapsNet Trained on MNIST Data", "--json"])
+    d = json.loads(r.output)
+    assert d["num_params"] == 8_141_840 and d["num_layers"] == 76
+    assert d["arrays"]["PrimaryCaps.weight"]["elements"] == 5_308_416
+
+
+def test_unknown_model_is_one_line_error(runner):
+    r = runner.invoke(main, ["info", "capsnet-mnst"])
+    assert r.exit_code == 1
+    assert r.output.strip().startswith("Error: unknown model 'capsnet-mnst'")
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_classify(runner, seeded_weights, seeded_model, mnist_test, tmp_path):
+    images, _ = mnist_test
+    files = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.png"
+        Image.fromarray(images[i]).save(p)
+        files.append(str(p))
+    expected = seeded_model(list(images[:3]))
+    r = runner.invoke(main, ["classify", "capsnet-mnist", *files, "--weights", seeded_weights, "--json", "--top", "3"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert [e["class"] for e in d] == expected and all(len(e["top"]) == 3 for e in d)
+    r = runner.invoke(main, ["classify", "capsnet-mnist", *files, "--weights", seeded_weights])
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 3 and "(p=" in r.output
+
+
+def test_classify_bad_file_is_clean_error(runner, seeded_weights, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    r = runner.invoke(main, ["classify", "capsnet-mnist", str(bad), "--weights", seeded_weights])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
+    r = runner.invoke(main, ["classify", "capsnet-mnist", str(tmp_path / "missing.png"), "--weights", seeded_weights])
+    assert r.exit_code == 1 and "missing.png" in r.output
+
+
+def test_evaluate_with_params_file(runner, seeded_weights, mnist_dir):
+    r = runner.invoke(main, ["evaluate", seeded_weights, "--data-dir", str(mnist_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["count"] == 10_000 and d["errors"] == 10_000 - round(d["accuracy"] * 10_000)
+    assert len(d["confusion"]) == 10 and sum(map(sum, d["confusion"])) == 10_000
+
+
+def test_bad_ctx_is_clean_error(runner, mnist_dir, tmp_path):
+    r = runner.invoke(main, ["train", "capsnet-mnist", "--ctx", "tpu:0", "--data-dir", str(mnist_dir),
+                             "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "cannot parse context 'tpu:0'" in r.output
+    r = runner.invoke(main, ["train", "capsnet-mnist", "--ctx", "gpu:0", "--data-dir", str(mnist_dir),
+                             "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "gpu(0) not available" in r.output

@@ -1,0 +1,190 @@
+"""Training: recipe validation, a short real run, multi-context parity, resume after kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import capszoo
+from capszoo._context import parse_ctx
+from capszoo._recipe import load_recipe, parse_recipe
+from capszoo._train import random_shift, split_train_validation, train
+from capszoo._weights import read_params
+from capszoo.errors import CheckpointError, ContextError, RecipeError
+
+import tomllib
+
+
+@pytest.fixture(scope="module")
+def recipe_doc():
+    import importlib.resources
+    return tomllib.loads((importlib.resources.files("capszoo.recipes") / "capsnet-mnist.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def train_data(mnist_dir):
+    from capszoo.data import load_mnist
+    images, labels = load_mnist("train", data_dir=mnist_dir)
+    return images[:1200], labels[:1200]
+
+
+def test_bundled_recipe_is_wolframs_setup():
+    r = load_recipe("capsnet-mnist")
+    assert capszoo.list_recipes() == ["capsnet-mnist"]
+    assert r.net.routing_iterations == 3 and r.net.pred_vects_init_scale == 0.005
+    assert (r.loss.margin_m_plus, r.loss.margin_m_minus, r.loss.margin_lambda) == (0.9, 0.1, 0.5)
+    assert r.loss.class_weight == 1.0 and r.loss.reco_weight == pytest.approx(784 * 0.0005)
+    assert r.optimizer.name == "adam" and r.optimizer.learning_rate == 0.001
+    assert r.optimizer.learning_rate_at(2) == pytest.approx(0.001 * r.optimizer.lr_decay ** 2)
+    assert r.data.max_shift == 2 and r.data.validation_size > 0
+    assert r.train.epochs <= 50
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(extra=1), "unknown key"),
+    (lambda d: d["loss"].update(margin_m_pluss=0.9), r"\[loss\] unknown key\(s\) margin_m_pluss"),
+    (lambda d: d["train"].pop("epochs"), r"\[train\] missing key\(s\) epochs"),
+    (lambda d: d["train"].update(epochs="ten"), "train.epochs must be of type int, got str"),
+    (lambda d: d["train"].update(batch_size=True), "train.batch_size must be of type int, got bool"),
+    (lambda d: d["train"].update(batch_size=0), "batch_size must be > 0"),
+    (lambda d: d["optimizer"].update(name="sgd"), "optimizer.name 'sgd' is not supported"),
+    (lambda d: d["loss"].update(margin_m_minus=0.95), "margin_m_minus < margin_m_plus"),
+    (lambda d: d["data"].update(max_shift=20), "max_shift must be 0..8"),
+    (lambda d: d.pop("net"), "missing net"),
+    (lambda d: d.update(net=3), r"\[net\] must be a table"),
+])
+def test_recipe_validation(recipe_doc, mutate, message):
+    import copy
+    d = copy.deepcopy(recipe_doc)
+    mutate(d)
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(d)
+
+
+def test_recipe_files(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("name = [unclosed")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(p))
+    with pytest.raises(RecipeError, match="no recipe 'nope'.*capsnet-mnist"):
+        load_recipe("nope")
+
+
+@pytest.mark.parametrize("spec,expected", [("cpu", ["cpu(0)"]), ("cpu:0,cpu:1", ["cpu(0)", "cpu(1)"]),
+                                           (" CPU:1 ", ["cpu(1)"]), (None, ["cpu(0)"])])
+def test_parse_ctx(spec, expected):
+    assert [str(c) for c in parse_ctx(spec)] == expected
+
+
+@pytest.mark.parametrize("spec,message", [("tpu", "cannot parse context 'tpu'"), ("cpu:x", "device index"),
+                                          ("cpu:0,cpu:0", "listed twice"), ("gpu:0", "not available"),
+                                          ("gpu:all", "sees no GPU"), ("cpu:all", "only for GPUs"), ([], "empty")])
+def test_parse_ctx_errors(spec, message):
+    with pytest.raises(ContextError, match=message):
+        parse_ctx(spec)
+
+
+def test_split_and_shift_are_seeded():
+    tr, va = split_train_validation(100, 10, 0)
+    tr2, va2 = split_train_validation(100, 10, 0)
+    assert len(tr) == 90 and len(va) == 10 and not set(tr) & set(va)
+    assert (va == va2).all()
+    img = np.zeros((1, 28, 28), np.uint8)
+    img[0, 10:18, 10:18] = 255
+    out = random_shift(np.repeat(img, 50, 0), np.random.default_rng(0), 2)
+    assert out.shape == (50, 28, 28) and (out.sum(axis=(1, 2)) == img.sum()).all()  # moved, not cut
+    ys = [np.nonzero(o.any(1))[0][0] - 10 for o in out]
+    assert set(ys) == {-2, -1, 0, 1, 2}
+
+
+def test_short_run_loss_falls(train_data, tmp_path):
+    r = load_recipe("capsnet-mnist")
+    res = train(r, data=train_data, out_dir=tmp_path / "run", epochs=3, batch_size=32, progress=False,
+                max_steps_per_epoch=6, seed=3, validation_size=200)
+    losses = [m["train_loss"] for m in res.history]
+    assert len(losses) == 3 and losses[2] < losses[0] * 0.9, losses
+    files = sorted(os.listdir(tmp_path / "run"))
+    assert files == ["best.params", "checkpoint.json", "epoch-0003.params", "epoch-0003.states",
+                     "metrics.jsonl", "run.json"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    assert read_params(tmp_path / "run" / "best.params").keys() == read_params(
+        tmp_path / "run" / "epoch-0003.params").keys()
+
+
+def test_existing_run_needs_resume(train_data, tmp_path):
+    r = load_recipe("capsnet-mnist")
+    train(r, data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16, progress=False, max_steps_per_epoch=1,
+          validation_size=100)
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        train(r, data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16, progress=False,
+              max_steps_per_epoch=1, validation_size=100)
+    ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    ck["architecture"]["PrimaryCaps.weight"] = [1, 2, 3]
+    (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(ck))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(r, data=train_data, out_dir=tmp_path / "run", epochs=2, batch_size=16, progress=False,
+              max_steps_per_epoch=1, resume=True, validation_size=100)
+    ck2 = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    ck2["states"] = "../../etc/passwd"
+    (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(ck2))
+    with pytest.raises(CheckpointError):
+        train(r, data=train_data, out_dir=tmp_path / "run", epochs=2, batch_size=16, progress=False,
+              max_steps_per_epoch=1, resume=True, validation_size=100)
+
+
+def test_unwritable_out(train_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write to run directory"):
+        train(load_recipe("capsnet-mnist"), data=train_data, out_dir=blocker / "run", epochs=1, progress=False,
+              validation_size=100)
+
+
+def test_two_contexts_equal_one(train_data, tmp_path):
+    r = load_recipe("capsnet-mnist")
+    kw = dict(data=train_data, epochs=1, batch_size=16, progress=False, max_steps_per_epoch=3, seed=5,
+              validation_size=100)
+    one = train(r, ctx="cpu", out_dir=tmp_path / "one", **kw)
+    two = train(r, ctx="cpu:0,cpu:1", out_dir=tmp_path / "two", **kw)
+    assert abs(one.history[0]["train_loss"] - two.history[0]["train_loss"]) < 1e-5
+    a, b = read_params(tmp_path / "one" / "best.params"), read_params(tmp_path / "two" / "best.params")
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert diff < 1e-5, diff
+
+
+def _run_cli(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "capszoo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def test_resume_after_kill_9_matches_uninterrupted(mnist_dir, tmp_path):
+    args = ["train", "capsnet-mnist", "--data-dir", str(mnist_dir), "--limit", "600", "--epochs", "3",
+            "--batch-size", "16", "--max-steps", "2", "--seed", "7", "--validation-size", "100"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = _run_cli(args + ["--out", str(tmp_path / "ref")], env)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
+    run = tmp_path / "killed"
+    p = _run_cli(args + ["--out", str(run)], env)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 once epoch 1 is checkpointed, during epoch 2
+        ck = run / "checkpoint.json"
+        if ck.exists() and json.loads(ck.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    done = json.loads((run / "checkpoint.json").read_text())["epoch"]
+    assert 1 <= done < 3
+    q = _run_cli(args + ["--out", str(run), "--resume"], env)
+    out = q.communicate(timeout=300)[0].decode()
+    assert q.returncode == 0, out
+    a, b = read_params(tmp_path / "ref" / "epoch-0003.params"), read_params(run / "epoch-0003.params")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) == 0.0  # bit-identical
+    assert [m["epoch"] for m in json.loads((run / "checkpoint.json").read_text())["history"]] == [1, 2, 3]
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
