@@ -1,0 +1,1026 @@
+"""capszoo's own MXNet-to-ONNX converter.
+
+MXNet's built-in ``mxnet.onnx`` does not work with current ``onnx`` releases,
+so capszoo converts graphs itself.  The converter walks the nodes of an MXNet
+symbol (``json.loads(sym.tojson())``) in their topological order and writes
+each operator as one or more ONNX nodes.  It knows exactly the operators in
+:data:`SUPPORTED_OPERATORS` (those of the CapsNet and its sub-nets, and a few
+common neighbours); any other operator, and any attribute value it does not
+implement, raises :class:`~capszoo.errors.UnsupportedOperatorError` naming the
+operator and the node: the converter never writes a graph that computes
+something else.
+
+Properties of the ONNX file:
+
+* one input ``data`` (float32) whose first dimension is the symbolic ``N``
+  when ``dynamic_batch`` (the default);
+* weights are initializers, not graph inputs; small constants the
+  translation needs are ``Constant`` nodes;
+* outputs carry the output names (for the CapsNet ``probabilities``,
+  ``capsule``, ``reconstruction``), with their element type and shape;
+* ``producer_name`` ``capszoo``, a ``doc_string`` and ``metadata_props``
+  (``producer``, ``model_name``, ``source``, ``opset``, ``input``, ``outputs``, ...);
+* the model passes ``onnx.checker.check_model(model, full_check=True)`` before
+  it is written, atomically.
+
+Opset
+-----
+The default is opset **17** (:data:`DEFAULT_OPSET`), chosen deliberately:
+
+* opset >= 13 is required for an exact translation: from 13 on ``Softmax``
+  normalises along one axis as MXNet's ``softmax(axis=...)`` does (opsets 1-12
+  flatten to 2-D first, which is wrong for the routing softmax over axis 1 of a
+  3-D tensor), and ``ReduceSum``/``Unsqueeze``/``Slice`` take their axes as
+  inputs;
+* 17 is the newest opset before 18 changed the signature of
+  ``ReduceMean``/``ReduceMax``/... (axes as inputs), and it is the one with the
+  broadest runtime support among the modern opsets: onnxruntime >= 1.12,
+  TensorRT >= 8.6, OpenVINO, and the default of PyTorch's exporter.  The
+  CapsNet needs nothing newer.
+
+Other opsets from :data:`MIN_OPSET` to :data:`MAX_OPSET` can be chosen; the
+translation adapts where the operator set changed.  The file's IR version is
+the lowest that supports the opset (IR 8 for opset 17), so older runtimes can
+load it.
+"""
+from __future__ import annotations
+
+from capszoo import _env  # noqa: F401  (sets OMP_NUM_THREADS before mxnet loads)
+
+import ast
+import json
+import os
+
+import numpy as np
+import mxnet as mx
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from capszoo._io import atomic_path
+from capszoo.errors import ExportError, GraphFormatError, UnsupportedOperatorError
+
+from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _agreement, _check_input_shape, _diffs,
+                     _load_params, _makedirs, _plain, as_model_input, block_outputs, block_to_symbol)
+
+__all__ = ["export_onnx", "convert_mxnet_to_onnx", "mxnet_to_onnx_model", "verify_onnx",
+           "SUPPORTED_OPERATORS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET"]
+
+#: Default ONNX opset (see the module docstring for why).
+DEFAULT_OPSET = 17
+#: Oldest opset with single-axis Softmax and axes-as-input reductions.
+MIN_OPSET = 13
+#: Newest opset the translation has been checked against.
+MAX_OPSET = 21
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute parsing
+
+
+def _unsupported(node, problem, remedy="rewrite the block with supported operators "
+                                       "(see capszoo.exporters.SUPPORTED_OPERATORS) or export to MXNet only"):
+    return UnsupportedOperatorError(
+        f"cannot convert MXNet operator {node.op!r} (node {node.name!r}) to ONNX: {problem}; {remedy}")
+
+
+def _literal(node, key, text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} does not parse; "
+                               "the symbol file is corrupt, export the model again") from None
+
+
+def _attr_bool(node, key, default=False):
+    text = node.attrs.get(key)
+    if text is None:
+        return default
+    t = str(text).strip().lower()
+    if t in ("true", "1"):
+        return True
+    if t in ("false", "0"):
+        return False
+    raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a boolean")
+
+
+def _attr_int(node, key, default=None):
+    text = node.attrs.get(key)
+    if text is None or str(text).strip() == "None":
+        return default
+    v = _literal(node, key, str(text))
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not an integer")
+    return v
+
+
+def _attr_float(node, key, default=None):
+    text = node.attrs.get(key)
+    if text is None or str(text).strip() == "None":
+        return default
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a number") from None
+
+
+def _attr_tuple(node, key, default=None):
+    """``(9, 9)``, ``[9, 9]``, ``9`` -> tuple of int; missing/``None`` -> default."""
+    text = node.attrs.get(key)
+    if text is None or str(text).strip() == "None":
+        return default
+    v = _literal(node, key, str(text))
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v,)
+    if isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        return tuple(v)
+    raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a tuple of integers")
+
+
+def _attr_str(node, key, default=None):
+    text = node.attrs.get(key)
+    if text is None:
+        return default
+    return str(text).strip().strip("'\"")
+
+
+_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "uint8": np.uint8,
+           "int8": np.int8, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+
+
+def _onnx_type(dtype):
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph building
+
+
+class _Node:
+    """One MXNet operator node with its ONNX input tensors and MXNet-inferred ranks and dtypes."""
+
+    __slots__ = ("name", "op", "attrs", "inputs", "in_ranks", "in_dtypes", "out_rank", "out_dtype")
+
+    def __init__(self, name, op, attrs, inputs, in_ranks, in_dtypes, out_rank, out_dtype):
+        self.name, self.op, self.attrs, self.inputs = name, op, attrs, inputs
+        self.in_ranks, self.in_dtypes, self.out_rank, self.out_dtype = in_ranks, in_dtypes, out_rank, out_dtype
+
+
+class _Builder:
+    def __init__(self, opset):
+        self.opset = opset
+        self.nodes = []
+        self.used = set()
+
+    def fresh(self, base):
+        name, i = base, 1
+        while name in self.used:
+            name = f"{base}_{i}"
+            i += 1
+        self.used.add(name)
+        return name
+
+    def const(self, base, value, dtype):
+        arr = np.asarray(value, dtype=dtype)
+        name = self.fresh(base)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                           value=numpy_helper.from_array(arr, name)))
+        return name
+
+    def ints(self, base, values):
+        return self.const(base, np.asarray(values, dtype=np.int64).reshape(-1), np.int64)
+
+    def add(self, op_type, inputs, node, tag, *, out=None, **attrs):
+        """Add an ONNX node for MXNet ``node``; returns its output tensor name."""
+        output = out or self.fresh(f"{node.name}/{tag}")
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output],
+                                           name=self.fresh(f"{node.name}/{op_type}"), **attrs))
+        return output
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator translations.  Each takes (builder, node) and returns the ONNX tensor holding the
+# MXNet node's (single) output.
+
+
+def _alias(b, n):
+    return n.inputs[0]
+
+
+def _dropout(b, n):
+    mode = _attr_str(n, "mode", "training")
+    if mode != "training":
+        raise _unsupported(n, f"mode={mode!r} drops values at inference too (only mode='training' "
+                              "is an identity at inference)")
+    return n.inputs[0]
+
+
+def _unary(onnx_op):
+    def conv(b, n):
+        return b.add(onnx_op, [n.inputs[0]], n, "out")
+    return conv
+
+
+def _square(b, n):
+    return b.add("Mul", [n.inputs[0], n.inputs[0]], n, "out")
+
+
+_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softrelu": "Softplus",
+                "softsign": "Softsign"}
+
+
+def _activation(b, n):
+    act = _attr_str(n, "act_type")
+    if act not in _ACTIVATIONS:
+        raise _unsupported(n, f"act_type={act!r} (supported: {', '.join(sorted(_ACTIVATIONS))})")
+    return b.add(_ACTIVATIONS[act], [n.inputs[0]], n, "out")
+
+
+def _binary(onnx_op):
+    def conv(b, n):
+        return b.add(onnx_op, [n.inputs[0], n.inputs[1]], n, "out")
+    return conv
+
+
+def _scalar(onnx_op, reverse=False):
+    def conv(b, n):
+        value = _attr_float(n, "scalar")
+        if value is None:
+            raise GraphFormatError(f"node {n.name!r} ({n.op}) has no scalar attribute")
+        if not np.issubdtype(np.dtype(n.in_dtypes[0]), np.floating):
+            raise _unsupported(n, f"a scalar operation on a {np.dtype(n.in_dtypes[0]).name} tensor "
+                                  "(only floating point tensors are supported)")
+        c = b.const(f"{n.name}/scalar", value, n.in_dtypes[0])
+        inputs = [c, n.inputs[0]] if reverse else [n.inputs[0], c]
+        return b.add(onnx_op, inputs, n, "out")
+    return conv
+
+
+def _convolution(b, n):
+    layout = _attr_str(n, "layout", "None")
+    if layout not in ("None", "NCW", "NCHW", "NCDHW"):
+        raise _unsupported(n, f"layout={layout!r} (only channels-first layouts NCW/NCHW/NCDHW)")
+    kernel = _attr_tuple(n, "kernel")
+    if not kernel:
+        raise GraphFormatError(f"node {n.name!r} (Convolution) has no kernel attribute")
+    k = len(kernel)
+    stride = _attr_tuple(n, "stride", ()) or (1,) * k
+    dilate = _attr_tuple(n, "dilate", ()) or (1,) * k
+    pad = _attr_tuple(n, "pad", ()) or (0,) * k
+    if not len(stride) == len(dilate) == len(pad) == k:
+        raise GraphFormatError(f"node {n.name!r} (Convolution): kernel, stride, dilate and pad differ in length")
+    group = _attr_int(n, "num_group", 1)
+    no_bias = _attr_bool(n, "no_bias", False)
+    inputs = n.inputs[:2] if no_bias else n.inputs[:3]
+    return b.add("Conv", inputs, n, "out", kernel_shape=list(kernel), strides=list(stride),
+                 dilations=list(dilate), pads=list(pad) * 2, group=group)
+
+
+def _fully_connected(b, n):
+    no_bias = _attr_bool(n, "no_bias", False)
+    flatten = _attr_bool(n, "flatten", True)
+    x, w = n.inputs[0], n.inputs[1]
+    bias = [] if no_bias else [n.inputs[2]]
+    if flatten:
+        if n.in_ranks[0] != 2:
+            x = b.add("Flatten", [x], n, "flat", axis=1)
+        return b.add("Gemm", [x, w] + bias, n, "out", transB=1)
+    wt = b.add("Transpose", [w], n, "weight_t", perm=[1, 0])
+    y = b.add("MatMul", [x, wt], n, "matmul" if bias else "out")
+    return b.add("Add", [y] + bias, n, "out") if bias else y
+
+
+def _flatten_op(b, n):
+    return b.add("Flatten", [n.inputs[0]], n, "out", axis=1)
+
+
+def _reshape(b, n):
+    if _attr_bool(n, "reverse", False):
+        raise _unsupported(n, "reverse=True", "reshape with reverse=False")
+    target = _attr_tuple(n, "target_shape", ())
+    if target or _attr_bool(n, "keep_highest", False):
+        raise _unsupported(n, "the deprecated target_shape/keep_highest attributes", "use shape=")
+    shape = _attr_tuple(n, "shape")
+    if not shape:
+        raise _unsupported(n, "a Reshape without shape=", "give the shape")
+    bad = [c for c in shape if c < -1]
+    if bad:
+        raise _unsupported(n, f"special reshape code(s) {', '.join(map(str, bad))} in shape={shape} "
+                              "(only fixed sizes, 0 = copy this dimension and -1 = infer are supported)",
+                           "write the reshape with fixed sizes, 0 and -1")
+    if shape.count(-1) > 1:
+        raise GraphFormatError(f"node {n.name!r} (Reshape): shape={shape} has more than one -1")
+    if any(c == 0 and i >= n.in_ranks[0] for i, c in enumerate(shape)):
+        raise GraphFormatError(f"node {n.name!r} (Reshape): shape={shape} copies a dimension the "
+                               f"rank-{n.in_ranks[0]} input does not have")
+    # ONNX Reshape with allowzero=0 (the default) reads 0 as "copy this dimension", as MXNet does.
+    s = b.ints(f"{n.name}/shape", shape)
+    return b.add("Reshape", [n.inputs[0], s], n, "out")
+
+
+def _transpose(b, n):
+    axes = _attr_tuple(n, "axes", ())
+    if not axes:
+        return b.add("Transpose", [n.inputs[0]], n, "out")
+    if sorted(a % n.in_ranks[0] for a in axes) != list(range(n.in_ranks[0])):
+        raise GraphFormatError(f"node {n.name!r} (transpose): axes={axes} is not a permutation")
+    return b.add("Transpose", [n.inputs[0]], n, "out", perm=[a % n.in_ranks[0] for a in axes])
+
+
+def _swap_last_two(b, n, x, rank, tag):
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return b.add("Transpose", [x], n, tag, perm=perm)
+
+
+def _batch_dot(b, n):
+    stype = _attr_str(n, "forward_stype", "None")
+    if stype not in ("None", "default"):
+        raise _unsupported(n, f"forward_stype={stype!r} (sparse storage)")
+    ra, rb = n.in_ranks[0], n.in_ranks[1]
+    if ra < 3 or ra != rb:
+        raise _unsupported(n, f"inputs of rank {ra} and {rb} (batch_dot needs two tensors of the same rank >= 3)")
+    a, bb = n.inputs[0], n.inputs[1]
+    if _attr_bool(n, "transpose_a"):
+        a = _swap_last_two(b, n, a, ra, "a_t")
+    if _attr_bool(n, "transpose_b"):
+        bb = _swap_last_two(b, n, bb, rb, "b_t")
+    return b.add("MatMul", [a, bb], n, "out")
+
+
+_REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin",
+           "prod": "ReduceProd"}
+
+
+def _reduce(b, n):
+    rank = n.in_ranks[0]
+    axis = _attr_tuple(n, "axis", None)
+    keepdims = _attr_bool(n, "keepdims", False)
+    axes = None if not axis else sorted({a % rank for a in axis})
+    if axis and any(not -rank <= a < rank for a in axis):
+        raise GraphFormatError(f"node {n.name!r} ({n.op}): axis={axis} out of range for rank {rank}")
+    if _attr_bool(n, "exclude", False):
+        if axes is None:
+            raise _unsupported(n, "exclude=True without axis")
+        axes = [a for a in range(rank) if a not in axes]
+        if not axes:
+            raise _unsupported(n, "exclude=True with every axis listed (a reduction over no axis)")
+    onnx_op = _REDUCE[n.op]
+    inputs, attrs = [n.inputs[0]], {"keepdims": int(keepdims)}
+    if axes is not None:
+        if onnx_op == "ReduceSum" or b.opset >= 18:
+            inputs.append(b.ints(f"{n.name}/axes", axes))
+        else:
+            attrs["axes"] = axes
+    out_rank = rank if keepdims else rank - (rank if axes is None else len(axes))
+    y = b.add(onnx_op, inputs, n, "reduced" if out_rank != n.out_rank else "out", **attrs)
+    return _match_rank(b, n, y, out_rank)
+
+
+def _match_rank(b, n, y, onnx_rank):
+    """MXNet 1.x has no 0-d arrays: a full reduction gives shape (1,), ONNX gives ()."""
+    if onnx_rank == n.out_rank:
+        return y
+    if onnx_rank == 0 and n.out_rank == 1:
+        return b.add("Reshape", [y, b.ints(f"{n.name}/one", [1])], n, "out")
+    raise GraphFormatError(f"node {n.name!r} ({n.op}): ONNX result of rank {onnx_rank}, MXNet's of rank "
+                           f"{n.out_rank}")  # pragma: no cover
+
+
+def _softmax(onnx_op):
+    def conv(b, n):
+        if _attr_bool(n, "use_length", False):
+            raise _unsupported(n, "use_length=True")
+        dtype = _attr_str(n, "dtype", "None")
+        if dtype not in ("None", np.dtype(n.in_dtypes[0]).name):
+            raise _unsupported(n, f"dtype={dtype!r} different from the input's")
+        axis = _attr_int(n, "axis", -1)
+        x = n.inputs[0]
+        t = _attr_float(n, "temperature", None)
+        if t is not None and t != 1.0:
+            x = b.add("Div", [x, b.const(f"{n.name}/temperature", t, n.in_dtypes[0])], n, "scaled")
+        return b.add(onnx_op, [x], n, "out", axis=axis)
+    return conv
+
+
+def _argmax(b, n):
+    axis = _attr_int(n, "axis", None)
+    if axis is None:
+        raise _unsupported(n, "argmax without axis (over the flattened array)", "give axis=")
+    keepdims = _attr_bool(n, "keepdims", False)
+    rank = n.in_ranks[0]
+    y = b.add("ArgMax", [n.inputs[0]], n, "index", axis=axis, keepdims=int(keepdims))
+    # MXNet's argmax returns float32 indices; ONNX's int64.  Both return the first maximum.
+    y = b.add("Cast", [y], n, "out" if keepdims or rank > 1 else "cast", to=_onnx_type(n.out_dtype))
+    return _match_rank(b, n, y, rank if keepdims else rank - 1)
+
+
+def _one_hot(b, n):
+    depth = _attr_int(n, "depth")
+    if depth is None or depth < 1:
+        raise GraphFormatError(f"node {n.name!r} (one_hot): depth must be a positive integer")
+    on = _attr_float(n, "on_value", 1.0)
+    off = _attr_float(n, "off_value", 0.0)
+    dtype = np.dtype(n.out_dtype)
+    # MXNet: index i = (int) x; row = on at i when 0 <= i < depth, all off otherwise (no wrap-around
+    # of negative indices, unlike ONNX OneHot).  Written as Equal(index, range(depth)) -> Where.
+    idx = n.inputs[0]
+    if np.dtype(n.in_dtypes[0]) != np.int64:
+        idx = b.add("Cast", [idx], n, "index", to=TensorProto.INT64)
+    idx = b.add("Unsqueeze", [idx, b.ints(f"{n.name}/last", [-1])], n, "index_u")
+    eq = b.add("Equal", [idx, b.const(f"{n.name}/range", np.arange(depth, dtype=np.int64), np.int64)],
+               n, "hit")
+    return b.add("Where", [eq, b.const(f"{n.name}/on", on, dtype), b.const(f"{n.name}/off", off, dtype)],
+                 n, "out")
+
+
+def _expand_dims(b, n):
+    axis = _attr_int(n, "axis")
+    if axis is None:
+        raise GraphFormatError(f"node {n.name!r} (expand_dims) has no axis")
+    return b.add("Unsqueeze", [n.inputs[0], b.ints(f"{n.name}/axes", [axis])], n, "out")
+
+
+def _slice_axis(b, n):
+    axis = _attr_int(n, "axis")
+    begin = _attr_int(n, "begin")
+    end = _attr_int(n, "end", None)
+    if axis is None or begin is None:
+        raise GraphFormatError(f"node {n.name!r} (slice_axis) needs axis and begin")
+    ends = _INT64_MAX if end is None else end
+    return b.add("Slice", [n.inputs[0], b.ints(f"{n.name}/starts", [begin]), b.ints(f"{n.name}/ends", [ends]),
+                           b.ints(f"{n.name}/axes", [axis])], n, "out")
+
+
+def _fill_like(value):
+    def conv(b, n):
+        shape = b.add("Shape", [n.inputs[0]], n, "shape")
+        fill = numpy_helper.from_array(np.asarray([value], dtype=n.out_dtype), f"{n.name}/value")
+        return b.add("ConstantOfShape", [shape], n, "out", value=fill)
+    return conv
+
+
+def _concat(b, n):
+    return b.add("Concat", list(n.inputs), n, "out", axis=_attr_int(n, "dim", 1))
+
+
+_PAD_MODES = {"constant": "constant", "edge": "edge", "reflect": "reflect"}
+
+
+def _pad(b, n):
+    mode = _attr_str(n, "mode", "constant")
+    if mode not in _PAD_MODES:
+        raise _unsupported(n, f"mode={mode!r}")
+    width = _attr_tuple(n, "pad_width")
+    rank = n.in_ranks[0]
+    if not width or len(width) != 2 * rank:
+        raise GraphFormatError(f"node {n.name!r} (Pad): pad_width={width} does not give two sizes per axis "
+                               f"of the rank-{rank} input")
+    pads = [width[2 * i] for i in range(rank)] + [width[2 * i + 1] for i in range(rank)]
+    inputs = [n.inputs[0], b.ints(f"{n.name}/pads", pads)]
+    if mode == "constant":
+        inputs.append(b.const(f"{n.name}/value", _attr_float(n, "constant_value", 0.0), n.in_dtypes[0]))
+    return b.add("Pad", inputs, n, "out", mode=_PAD_MODES[mode])
+
+
+def _clip(b, n):
+    lo, hi = _attr_float(n, "a_min"), _attr_float(n, "a_max")
+    if lo is None or hi is None:
+        raise GraphFormatError(f"node {n.name!r} (clip) needs a_min and a_max")
+    dt = n.in_dtypes[0]
+    return b.add("Clip", [n.inputs[0], b.const(f"{n.name}/min", lo, dt), b.const(f"{n.name}/max", hi, dt)],
+                 n, "out")
+
+
+def _cast(b, n):
+    return b.add("Cast", [n.inputs[0]], n, "out", to=_onnx_type(n.out_dtype))
+
+
+# MXNet operator -> (translation, attributes it understands).  Attributes starting with "__" (learning
+# rate multipliers, profiler scopes, ...) never change the forward computation and are ignored; any
+# other attribute outside the list raises UnsupportedOperatorError.
+_CONV_ATTRS = {"kernel", "stride", "dilate", "pad", "num_filter", "num_group", "no_bias", "layout",
+               "workspace", "cudnn_tune", "cudnn_off"}
+_SCALAR_ATTRS = {"scalar", "is_int"}
+_REDUCE_ATTRS = {"axis", "keepdims", "exclude"}
+_TRANSLATIONS = {
+    "Convolution": (_convolution, _CONV_ATTRS),
+    "FullyConnected": (_fully_connected, {"num_hidden", "no_bias", "flatten"}),
+    "Activation": (_activation, {"act_type"}),
+    "relu": (_unary("Relu"), set()),
+    "sigmoid": (_unary("Sigmoid"), set()),
+    "tanh": (_unary("Tanh"), set()),
+    "exp": (_unary("Exp"), set()),
+    "log": (_unary("Log"), set()),
+    "abs": (_unary("Abs"), set()),
+    "negative": (_unary("Neg"), set()),
+    "reciprocal": (_unary("Reciprocal"), set()),
+    "sqrt": (_unary("Sqrt"), set()),
+    "square": (_square, set()),
+    "Reshape": (_reshape, {"shape", "reverse", "target_shape", "keep_highest"}),
+    "Flatten": (_flatten_op, set()),
+    "transpose": (_transpose, {"axes"}),
+    "expand_dims": (_expand_dims, {"axis"}),
+    "slice_axis": (_slice_axis, {"axis", "begin", "end"}),
+    "Concat": (_concat, {"dim", "num_args"}),
+    "Pad": (_pad, {"mode", "pad_width", "constant_value"}),
+    "batch_dot": (_batch_dot, {"transpose_a", "transpose_b", "forward_stype"}),
+    "sum": (_reduce, _REDUCE_ATTRS),
+    "mean": (_reduce, _REDUCE_ATTRS),
+    "max": (_reduce, _REDUCE_ATTRS),
+    "min": (_reduce, _REDUCE_ATTRS),
+    "prod": (_reduce, _REDUCE_ATTRS),
+    "softmax": (_softmax("Softmax"), {"axis", "temperature", "dtype", "use_length"}),
+    "log_softmax": (_softmax("LogSoftmax"), {"axis", "temperature", "dtype", "use_length"}),
+    "argmax": (_argmax, {"axis", "keepdims"}),
+    "one_hot": (_one_hot, {"depth", "on_value", "off_value", "dtype"}),
+    "ones_like": (_fill_like(1), set()),
+    "zeros_like": (_fill_like(0), set()),
+    "broadcast_add": (_binary("Add"), set()),
+    "broadcast_sub": (_binary("Sub"), set()),
+    "broadcast_mul": (_binary("Mul"), set()),
+    "broadcast_div": (_binary("Div"), set()),
+    "broadcast_maximum": (_binary("Max"), set()),
+    "broadcast_minimum": (_binary("Min"), set()),
+    "elemwise_add": (_binary("Add"), set()),
+    "elemwise_sub": (_binary("Sub"), set()),
+    "elemwise_mul": (_binary("Mul"), set()),
+    "elemwise_div": (_binary("Div"), set()),
+    "_plus_scalar": (_scalar("Add"), _SCALAR_ATTRS),
+    "_minus_scalar": (_scalar("Sub"), _SCALAR_ATTRS),
+    "_rminus_scalar": (_scalar("Sub", reverse=True), _SCALAR_ATTRS),
+    "_mul_scalar": (_scalar("Mul"), _SCALAR_ATTRS),
+    "_div_scalar": (_scalar("Div"), _SCALAR_ATTRS),
+    "_rdiv_scalar": (_scalar("Div", reverse=True), _SCALAR_ATTRS),
+    "_power_scalar": (_scalar("Pow"), _SCALAR_ATTRS),
+    "_maximum_scalar": (_scalar("Max"), _SCALAR_ATTRS),
+    "_minimum_scalar": (_scalar("Min"), _SCALAR_ATTRS),
+    "clip": (_clip, {"a_min", "a_max"}),
+    "Cast": (_cast, {"dtype"}),
+    "_copy": (_alias, set()),
+    "BlockGrad": (_alias, set()),
+    "Dropout": (_dropout, {"p", "mode", "axes", "cudnn_off"}),
+}
+
+#: The MXNet operators (names as they appear in symbol JSON) the converter translates.
+SUPPORTED_OPERATORS = frozenset(_TRANSLATIONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbol -> ONNX
+
+
+def _read_symbol(symbol):
+    """``(json text, mx.sym.Symbol)`` from a Symbol, a JSON string or a path to a symbol file."""
+    if isinstance(symbol, mx.sym.Symbol):
+        return symbol.tojson(), symbol
+    if isinstance(symbol, (str, os.PathLike)) and not str(symbol).lstrip().startswith("{"):
+        try:
+            with open(symbol, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise GraphFormatError(f"cannot read symbol file {os.fspath(symbol)}: {exc.strerror or exc}") from None
+        where = os.fspath(symbol)
+    elif isinstance(symbol, str):
+        text, where = symbol, "the symbol JSON"
+    else:
+        raise GraphFormatError(f"symbol must be an mxnet Symbol, a JSON string or a path, "
+                               f"got {type(symbol).__name__}")
+    try:
+        json.loads(text)
+        return text, mx.sym.load_json(text)
+    except (ValueError, mx.base.MXNetError) as exc:
+        raise GraphFormatError(f"{where} is not an MXNet symbol JSON ({str(exc).strip().splitlines()[0]}); "
+                               "export the model again") from None
+
+
+def _read_params(params):
+    if params is None:
+        return {}
+    if isinstance(params, (str, os.PathLike)):
+        arg, aux = _load_params(params)
+        params = {**arg, **aux}
+    out = {}
+    for k, v in dict(params).items():
+        name = k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k
+        out[name] = v.asnumpy() if isinstance(v, mx.nd.NDArray) else np.asarray(v)
+    return out
+
+
+def _infer(sym, shapes, dtypes):
+    """``{internal output name: (shape, numpy dtype)}`` by MXNet's own shape and type inference."""
+    internals = sym.get_internals()
+    _, out_shapes, _ = internals.infer_shape(**shapes)
+    _, out_types, _ = internals.infer_type(**dtypes)
+    if out_shapes is None or out_types is None:
+        raise GraphFormatError("MXNet cannot infer all shapes and types of the graph")
+    return {name: (tuple(s), np.dtype(t)) for name, s, t in zip(internals.list_outputs(), out_shapes, out_types)}
+
+
+def _check_reshapes(nodes, info, shape, remedy):
+    """MXNet's shape inference does not check that a Reshape to fixed sizes keeps the element count
+    (it fails only when run); check it, so that a batch size baked into the graph is found."""
+    for nid, nd in enumerate(nodes):
+        if nd.get("op") != "Reshape" or not nd.get("inputs"):
+            continue
+        src = info.get(_entry_key(nodes, nd["inputs"][0][0], nd["inputs"][0][1], info))
+        dst = info.get(_entry_key(nodes, nid, 0, info))
+        if src and dst and int(np.prod(src[0])) != int(np.prod(dst[0])):
+            where = f"node {nd['name']!r} (Reshape) turns {src[0]} into {dst[0]} for an input of shape {shape}"
+            if remedy:
+                raise ExportError(f"the graph only runs with one batch size: {where}; {remedy}")
+            raise ExportError(f"the graph does not accept an input of shape {shape}: {where}; pass the "
+                              "input_shape the model expects")
+
+
+def _entry_key(nodes, nid, idx, info):
+    node = nodes[nid]
+    if node["op"] == "null":
+        return node["name"]
+    for key in ([f"{node['name']}_output"] if idx == 0 else []) + [f"{node['name']}_output{idx}"]:
+        if key in info:
+            return key
+    raise GraphFormatError(f"node {node['name']!r} ({node['op']}): output {idx} not found in the graph")
+
+
+def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_OPSET,
+                        dynamic_batch=True, output_names=None, model_name=None, doc_string=None,
+                        metadata=None):
+    """Convert an MXNet symbol and its parameters to an in-memory, checked ``onnx.ModelProto``.
+
+    Parameters
+    ----------
+    symbol : mxnet.sym.Symbol, str or os.PathLike
+        The graph: a Symbol, its JSON text, or a ``-symbol.json`` file.  Its one
+        input variable must be ``data``.
+    params : dict or str or os.PathLike
+        ``{name: array}`` (``arg:``/``aux:`` prefixes allowed) or a ``.params`` file.
+    input_shape : tuple of int
+        Shape of ``data``; its first dimension is the batch.
+    opset : int
+        ONNX opset, from :data:`MIN_OPSET` to :data:`MAX_OPSET`; default 17.
+    dynamic_batch : bool
+        Make the batch dimension the symbolic ``N`` (else fixed to ``input_shape[0]``).
+    output_names : sequence of str, optional
+        ONNX output names; default the MXNet output names without their
+        ``_output`` suffix (``probabilities`` for ``probabilities_output``).
+    model_name, doc_string : str, optional
+        Recorded in the graph name, ``doc_string`` and ``metadata_props``.
+    metadata : dict of str, optional
+        Extra ``metadata_props``.
+
+    Raises
+    ------
+    UnsupportedOperatorError
+        An operator, or an attribute value, the converter does not translate.
+    GraphFormatError
+        A symbol that is not a valid graph.
+    ExportError
+        Missing parameters, a wrong ``input_shape``, an opset out of range, or a
+        graph whose batch size is fixed while ``dynamic_batch`` is asked for.
+    """
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}; "
+                          f"the default {DEFAULT_OPSET} suits most runtimes")
+    shape = _check_input_shape(input_shape)
+    text, sym = _read_symbol(symbol)
+    graph = json.loads(text)
+    try:
+        nodes, heads = graph["nodes"], graph["heads"]
+        assert isinstance(nodes, list) and isinstance(heads, list) and heads
+    except (KeyError, TypeError, AssertionError):
+        raise GraphFormatError("the symbol JSON has no nodes or heads; export the model again") from None
+    # --- every operator must be known before anything else is looked at
+    unknown = {}
+    for nd in nodes:
+        if not isinstance(nd, dict) or "op" not in nd or "name" not in nd:
+            raise GraphFormatError("the symbol JSON has a node without op or name; export the model again")
+        if nd["op"] != "null" and nd["op"] not in _TRANSLATIONS:
+            unknown.setdefault(nd["op"], nd["name"])
+    if unknown:
+        listed = ", ".join(f"{op!r} (node {name!r})" for op, name in unknown.items())
+        raise UnsupportedOperatorError(
+            f"cannot convert MXNet operator{'s' if len(unknown) > 1 else ''} {listed} to ONNX: capszoo's "
+            f"converter does not know {'them' if len(unknown) > 1 else 'it'}; rewrite the block with "
+            "supported operators "
+            f"(capszoo.exporters.SUPPORTED_OPERATORS: {', '.join(sorted(SUPPORTED_OPERATORS))}) "
+            "or export to MXNet only")
+    weights = _read_params(params)
+
+    # --- variables: the input, and parameters (initializers)
+    var_names = [nd["name"] for nd in nodes if nd.get("op") == "null"]
+    if INPUT_NAME not in var_names:
+        raise ExportError(f"the graph has no input variable {INPUT_NAME!r} (variables: {', '.join(var_names)}); "
+                          "export the block with capszoo.exporters.export_mxnet")
+    missing = [v for v in var_names if v != INPUT_NAME and v not in weights]
+    if missing:
+        raise ExportError(f"no value for the graph variable(s) {', '.join(missing)} in the parameters; "
+                          f"the graph must have exactly one input ({INPUT_NAME!r}) and every other variable "
+                          "must be a parameter in the .params file")
+
+    # --- ranks and dtypes by MXNet's inference; the batch must be free when dynamic_batch
+    arg_shapes = {v: tuple(weights[v].shape) for v in var_names if v != INPUT_NAME}
+    arg_types = {v: weights[v].dtype for v in var_names if v != INPUT_NAME}
+    try:
+        info = _infer(sym, {INPUT_NAME: shape, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
+    except mx.base.MXNetError as exc:
+        raise ExportError(f"the graph does not accept an input of shape {shape}: "
+                          f"{_first_error_line(exc)}; pass the input_shape the model expects") from None
+    _check_reshapes(nodes, info, shape, "")
+    head_shapes = [info[_entry_key(nodes, h[0], h[1], info)][0] for h in heads]
+    head_shapes2 = None
+    if dynamic_batch:
+        shape2 = (shape[0] + 1,) + shape[1:]
+        remedy = ("export with dynamic_batch=False, or reshape with 0/-1 instead of fixed batch sizes")
+        try:
+            info2 = _infer(sym, {INPUT_NAME: shape2, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
+        except mx.base.MXNetError as exc:
+            raise ExportError(f"the graph only runs with batch size {shape[0]} ({_first_error_line(exc)}); "
+                              + remedy) from None
+        _check_reshapes(nodes, info2, shape2, remedy)
+        head_shapes2 = [info2[_entry_key(nodes, h[0], h[1], info2)][0] for h in heads]
+
+    b = _Builder(opset)
+    b.used.update(var_names)
+    tensors = {}      # (node id, output index) -> ONNX tensor name
+    initializers = []
+    for nid, nd in enumerate(nodes):
+        op, name = nd.get("op"), nd.get("name")
+        if op == "null":
+            tensors[(nid, 0)] = name
+            if name != INPUT_NAME:
+                initializers.append(numpy_helper.from_array(np.ascontiguousarray(weights[name]), name))
+            continue
+        convert, known = _TRANSLATIONS[op]
+        attrs = {k: v for k, v in (nd.get("attrs") or nd.get("param") or {}).items() if not k.startswith("__")}
+        ins = [tuple(e[:2]) for e in nd.get("inputs", [])]
+        try:
+            in_info = [info[_entry_key(nodes, i, k, info)] for i, k in ins]
+            out_shape, out_dtype = info[_entry_key(nodes, nid, 0, info)]
+            node = _Node(name, op, attrs, [tensors[e] for e in ins], [len(s) for s, _ in in_info],
+                         [t for _, t in in_info], len(out_shape), out_dtype)
+        except KeyError:
+            raise GraphFormatError(f"node {name!r} ({op}) uses an input that comes later in the graph; "
+                                   "the symbol JSON is corrupt, export the model again") from None
+        extra = sorted(set(attrs) - known)
+        if extra:
+            raise _unsupported(node, "attribute(s) " + ", ".join(f"{k}={attrs[k]}" for k in extra)
+                               + " that the converter does not implement")
+        tensors[(nid, 0)] = convert(b, node)
+
+    # --- outputs: rename the producing tensors, or add Identity nodes
+    if output_names is None:
+        output_names = [_plain(n) for n in sym.list_outputs()]
+    output_names = list(output_names)
+    if len(output_names) != len(heads) or len(set(output_names)) != len(output_names) \
+            or not all(isinstance(o, str) and o for o in output_names) or INPUT_NAME in output_names:
+        raise ExportError(f"output_names {output_names!r} must be {len(heads)} distinct non-empty names, "
+                          f"none of them {INPUT_NAME!r}")
+    head_tensors = []
+    for h in heads:
+        key = (h[0], h[1])
+        if key not in tensors:
+            raise _unsupported(_Node(nodes[h[0]]["name"], nodes[h[0]]["op"], {}, [], [], [], 0, None),
+                               f"output {h[1]} of a multi-output operator")
+        head_tensors.append(tensors[key])
+    produced = {o for nd_ in b.nodes for o in nd_.output if nd_.op_type != "Constant"}
+    rename = {}
+    for t, o in zip(head_tensors, output_names):
+        if t == o:
+            continue
+        if o in b.used:
+            raise ExportError(f"output name {o!r} is already the name of a tensor of the graph; "
+                              "choose another output name")
+        if t in produced and t not in rename and head_tensors.count(t) == 1:
+            rename[t] = o
+    for nd_ in b.nodes:
+        nd_.input[:] = [rename.get(i, i) for i in nd_.input]
+        nd_.output[:] = [rename.get(o, o) for o in nd_.output]
+    for t, o in zip(head_tensors, output_names):
+        if t != o and rename.get(t) != o:
+            b.nodes.append(helper.make_node("Identity", [rename.get(t, t)], [o], name=b.fresh(f"{o}/Identity")))
+
+    # --- value infos
+    batch = "N" if dynamic_batch else shape[0]
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch] + list(shape[1:]))]
+    outputs = []
+    for i, (h, o) in enumerate(zip(heads, output_names)):
+        s1 = head_shapes[i]
+        dims = list(s1)
+        if dynamic_batch:
+            s2 = tuple(head_shapes2[i])
+            dims = [d1 if d1 == d2 else ("N" if (d1, d2) == (shape[0], shape[0] + 1) else None)
+                    for d1, d2 in zip(s1, s2)]
+        dtype = info[_entry_key(nodes, h[0], h[1], info)][1]
+        outputs.append(helper.make_tensor_value_info(o, _onnx_type(dtype), dims))
+
+    version = _capszoo_version()
+    name = model_name or "capszoo-model"
+    doc = doc_string or (
+        f"{name}: converted from MXNet {mx.__version__} by capszoo {version} (ONNX opset {opset}). "
+        f"Input {INPUT_NAME!r}: float32 {[batch] + list(shape[1:])}. Outputs: {', '.join(output_names)}.")
+    onnx_graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=initializers, doc_string=doc)
+    opset_ids = [helper.make_opsetid("", opset)]
+    model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="capszoo",
+                              producer_version=version, doc_string=doc,
+                              ir_version=helper.find_min_ir_version_for(opset_ids))
+    props = {
+        "producer": "capszoo",
+        "producer_version": version,
+        "source": f"mxnet {mx.__version__}",
+        "opset": str(opset),
+        "input": json.dumps({"name": INPUT_NAME, "dtype": "float32", "shape": [batch] + list(shape[1:])}),
+        "outputs": json.dumps(output_names),
+        "dynamic_batch": "true" if dynamic_batch else "false",
+    }
+    if model_name:
+        props["model_name"] = str(model_name)
+    for k, v in (metadata or {}).items():
+        props[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    helper.set_model_props(model, props)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the converted graph fails the ONNX checker ({str(exc).strip().splitlines()[0]}); "
+                          "this is a bug in capszoo's converter, please report it with the model") from None
+    return model
+
+
+def _first_error_line(exc):
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error" in ln or "Check failed" in ln:
+            return ln.strip()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def _capszoo_version():
+    try:
+        from importlib.metadata import version
+        return version("capszoo")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def _write_model(model, path):
+    path = os.fspath(path)
+    _makedirs(os.path.dirname(os.path.abspath(path)), "the folder")
+    if os.path.isdir(path):
+        raise ExportError(f"{path} is a folder; give the path of the .onnx file to write")
+    data = model.SerializeToString()
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
+    return path
+
+
+def convert_mxnet_to_onnx(symbol, params, path, **kwargs):
+    """Convert an MXNet export (symbol + params) to the ONNX file ``path``; returns ``path``.
+
+    ``symbol`` and ``params`` and the keyword arguments are those of
+    :func:`mxnet_to_onnx_model`.  The file is written atomically; nothing is
+    written when the conversion fails.
+    """
+    model = mxnet_to_onnx_model(symbol, params, **kwargs)
+    return _write_model(model, path)
+
+
+def export_onnx(block, path, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_OPSET, dynamic_batch=True,
+                output_names=None, model_name=None, doc_string=None, metadata=None):
+    """Export a Gluon HybridBlock to the ONNX file ``path``; returns ``path``.
+
+    The block is traced as for :func:`~capszoo.exporters.export_mxnet` (hybridized,
+    run once on ``input_shape``, outputs named ``output_names`` or
+    ``block.output_names`` or ``output``/``output<i>``) and converted with
+    :func:`mxnet_to_onnx_model`.  For the CapsNet the ONNX model has one input
+    ``data`` ``float32 [N, 1, 28, 28]`` and outputs ``probabilities [N, 10]``,
+    ``capsule [N, 16]`` and ``reconstruction [N, 1, 28, 28]``.
+
+    Parameters
+    ----------
+    opset : int
+        Default 17: the newest opset before ``ReduceMean`` & co. changed
+        signature, supported by onnxruntime >= 1.12, TensorRT >= 8.6 and
+        OpenVINO; 13 is the minimum for a faithful translation (single-axis
+        Softmax).  See the module docstring.
+    dynamic_batch : bool
+        Symbolic batch dimension ``N`` (default) or fixed ``input_shape[0]``.
+    model_name : str, optional
+        Stored as the graph name and in ``metadata_props["model_name"]``.
+
+    Raises
+    ------
+    UnsupportedOperatorError
+        The block uses an operator the converter does not know (named in the
+        message, with its node); no file is written.
+    ExportError
+        The block cannot be traced or the file cannot be written.
+    """
+    sym, params, names = block_to_symbol(block, input_shape=input_shape, output_names=output_names)
+    model = mxnet_to_onnx_model(sym, params, input_shape=input_shape, opset=opset, dynamic_batch=dynamic_batch,
+                                output_names=names, model_name=model_name, doc_string=doc_string,
+                                metadata=metadata)
+    return _write_model(model, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+def _session(onnx_path, num_threads):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("verifying an ONNX export needs onnxruntime: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    if num_threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        num_threads = int(env) if env.isdigit() and int(env) > 0 else 0
+    opts.intra_op_num_threads = int(num_threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(os.fspath(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes
+        if not os.path.isfile(os.fspath(onnx_path)):
+            raise GraphFormatError(f"{os.fspath(onnx_path)}: no such ONNX file") from None
+        raise GraphFormatError(f"onnxruntime cannot load {os.fspath(onnx_path)}: "
+                               f"{str(exc).strip().splitlines()[0]}; export the model again") from None
+
+
+def onnx_outputs(session, x, *, batch_size=VERIFY_BATCH):
+    """Run an onnxruntime session on ``x`` in chunks of ``batch_size``.
+
+    A model with a fixed batch size gets chunks of that size (the last one
+    padded with zeros, its padding rows dropped).  Chunks are joined along the
+    first axis, so a model with an output whose first axis is not the batch is
+    run on all of ``x`` at once.
+    """
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    batch_major = all(len(o.shape) > 0 and o.shape[0] == inp.shape[0] for o in session.get_outputs())
+    if not batch_major:
+        if fixed and len(x) != fixed:
+            raise ExportError(f"the model takes batches of exactly {fixed} and has outputs that are not "
+                              f"batch-major; verify it with {fixed} inputs")
+        return session.run(None, {inp.name: x})
+    step = fixed or batch_size
+    chunks = []
+    for i in range(0, len(x), step):
+        part = x[i:i + step]
+        n = len(part)
+        if fixed and n < fixed:
+            part = np.concatenate([part, np.zeros((fixed - n,) + part.shape[1:], part.dtype)])
+            chunks.append([o[:n] for o in session.run(None, {inp.name: part})])
+        else:
+            chunks.append(session.run(None, {inp.name: part}))
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def verify_onnx(onnx_path, block, images, *, batch_size=VERIFY_BATCH, reference=None, atol=None,
+                num_threads=None):
+    """Run an ONNX export with onnxruntime (CPUExecutionProvider) and compare it with ``block``.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        The inputs (see :func:`capszoo.exporters.as_model_input`), fed in
+        chunks of ``batch_size`` (or of the model's batch size when it is fixed).
+    reference : list of numpy.ndarray, optional
+        ``block``'s outputs on ``images`` when already computed.
+    atol : float, optional
+        When given, raise :class:`ExportError` if a difference exceeds it.
+    num_threads : int, optional
+        onnxruntime intra-op threads; default ``OMP_NUM_THREADS`` when set, else
+        onnxruntime's default.
+
+    Returns
+    -------
+    dict
+        ``{"num_inputs": N, "outputs": [ONNX output names], "onnxruntime": {name:
+        max abs diff}, "max_abs_diff": float, "argmax_agreement": f or None,
+        "onnxruntime_version": str}``.
+    """
+    x = as_model_input(images)
+    sess = _session(onnx_path, num_threads)
+    import onnxruntime as ort
+    names = [o.name for o in sess.get_outputs()]
+    got = onnx_outputs(sess, x, batch_size=batch_size)
+    ref = reference if reference is not None else block_outputs(block, x, batch_size=batch_size)
+    ref = [np.asarray(r) for r in ref]
+    diffs = _diffs(names, got, ref)
+    result = {
+        "num_inputs": int(len(x)),
+        "outputs": names,
+        "onnxruntime": diffs,
+        "max_abs_diff": max(diffs.values()) if diffs else 0.0,
+        "argmax_agreement": _agreement(got, ref),
+        "onnxruntime_version": ort.__version__,
+    }
+    if atol is not None and result["max_abs_diff"] > atol:
+        raise ExportError(f"the ONNX export differs from the block by {result['max_abs_diff']:.3g} "
+                          f"(> {atol:g}): {diffs}; export the block again and report a bug if it persists")
+    return result
