@@ -21,6 +21,8 @@ def configure_threads() -> None:
     """Set ``OMP_NUM_THREADS`` to the usable cores unless the user chose a value."""
     if not os.environ.get("OMP_NUM_THREADS"):
         os.environ["OMP_NUM_THREADS"] = str(usable_cores())
+    # MXNet prints "Subgraph backend MKLDNN is activated" on every Module bind otherwise.
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
 
 configure_threads()

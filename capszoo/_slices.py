@@ -21,7 +21,7 @@ from mxnet.gluon import HybridBlock
 from ._net import SUBNET_NAMES, capsule_lengths
 from .errors import SubnetNotFoundError
 
-__all__ = ["NetSlice", "take", "STAGE_SHAPES"]
+__all__ = ["NetSlice", "take", "STAGE_SHAPES", "OUTPUT_NAMES"]
 
 #: Output shape (without the batch axis) of each stage; "input" is the image.
 STAGE_SHAPES = {
@@ -32,6 +32,17 @@ STAGE_SHAPES = {
     "DigitCaps": (10, 16),
     "Pick": (16,),
     "Reconstruct": (1, 28, 28),
+}
+
+
+#: Name of each stage's output in exports (ONNX output names, MXNet ``<name>_output``).
+OUTPUT_NAMES = {
+    "ReLUConv1": "relu_conv1",
+    "PrimaryCaps": "primary_capsules",
+    "PrimaryPredVects": "prediction_vectors",
+    "DigitCaps": "digit_capsules",
+    "Pick": "capsule",
+    "Reconstruct": "reconstruction",
 }
 
 
@@ -63,7 +74,7 @@ class NetSlice(HybridBlock):
         self.stage_names = SUBNET_NAMES[i:j + 1]
         for name in self.stage_names:
             self.register_child(net[name], name)
-        self.output_names = (end.lower(),)
+        self.output_names = (OUTPUT_NAMES[end],)
 
     @property
     def input_shape(self):

@@ -14,6 +14,18 @@ Every file is written to a temporary name and renamed, and ``checkpoint.json``
 is replaced last, so a kill at any point leaves the previous checkpoint whole.
 Randomness (split, shuffling, shifts, initialization) is derived from the seed
 and the epoch number, so a resumed run continues exactly as an uninterrupted one.
+
+Distributed training (``kvstore="dist_sync"``, ``"dist_device_sync"`` or
+``"dist_async"``, in a process started by ``capszoo launch`` as a worker of an
+MXNet parameter-server job): every worker starts from rank 0's weights (pushed
+through the kvstore before the first step), worker ``r`` of ``W`` trains at step
+``s`` on images ``perm[(s*W + r)*B : (s*W + r + 1)*B]`` of the epoch's
+permutation, with the random shifts a single process with batch ``W*B`` would
+draw for them, and the summed gradients are normalized by the global batch
+``W*B``: a ``dist_sync`` job follows the same trajectory as one process with
+batch ``W*B`` (up to float summation order).  Only rank 0 writes the run
+directory; with ``resume`` every worker loads the checkpoint in its own ``out_dir``
+(so a multi-host job needs a shared one) and they check they agree.
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import json
 import os
 import sys
 import time
+import zlib
 
 from . import _env  # noqa: F401
 
@@ -34,13 +47,99 @@ from ._io import atomic_path, atomic_write_json, atomic_write_text
 from ._net import CapsNet
 from ._training_net import CapsNetTrainingNet
 from ._weights import load_params_into, param_shapes, save_params
-from .errors import CheckpointError, InvalidInputError
+from .errors import CheckpointError, DistributedError, InvalidInputError
 
 __all__ = ["TrainResult", "train", "initialize_net", "split_train_validation", "random_shift",
-           "predict_probabilities"]
+           "predict_probabilities", "check_kvstore", "KVSTORES"]
 
 CHECKPOINT = "checkpoint.json"
 FORMAT_VERSION = 1
+
+#: The ``kvstore`` values :func:`train` accepts.
+KVSTORES = ("local", "device", "dist_sync", "dist_async", "dist_device_sync")
+#: What a worker of a parameter-server job finds in its environment (set by ``capszoo launch``).
+DMLC_WORKER_VARS = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER")
+#: Set (to anything but "" or "0") to make every worker write ``final-rank<R>.params`` at the end.
+SAVE_ALL_RANKS_ENV = "CAPSZOO_SAVE_ALL_RANKS"
+# kvstore keys of our own, far above the Trainer's (0 .. number of parameters - 1).
+_KEY_AGREE, _KEY_METRICS, _KEY_PARAMS = 1 << 20, (1 << 20) + 1, (1 << 20) + 16
+
+
+def check_kvstore(kvstore, environ=None):
+    """Validate a ``kvstore`` argument before any work (and before MXNet creates it).
+
+    Returns the normalized name (or the KVStore object / None unchanged).  A
+    distributed kvstore needs this process to be a worker of a parameter-server
+    job: creating one without a scheduler hangs or crashes inside MXNet, so the
+    DMLC environment is checked first.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown kvstore name.
+    DistributedError
+        A ``dist_*`` kvstore in a process that was not started as a worker.
+    """
+    if kvstore is None or isinstance(kvstore, mx.kvstore.KVStoreBase):
+        return kvstore
+    if not isinstance(kvstore, str) or kvstore.strip().lower() not in KVSTORES:
+        raise InvalidInputError(f"unknown kvstore {kvstore!r}; use one of {', '.join(KVSTORES)} (local/device: "
+                                "one machine; dist_*: a parameter-server job started by capszoo launch)")
+    name = kvstore.strip().lower()
+    if name.startswith("dist"):
+        env = os.environ if environ is None else environ
+        missing = [v for v in DMLC_WORKER_VARS if not env.get(v)]
+        hint = (f"start the job with `capszoo launch -n WORKERS -s SERVERS [--hosts FILE] -- capszoo train ... "
+                f"--kvstore {name}` (see docs/distributed.md)")
+        if missing:
+            raise DistributedError(f"--kvstore {name} needs a parameter-server job, but this process is not one "
+                                   f"of its workers ({', '.join(missing)} not set); {hint}")
+        if env["DMLC_ROLE"] != "worker":
+            raise DistributedError(f"--kvstore {name}: DMLC_ROLE is {env['DMLC_ROLE']!r}, expected 'worker'; {hint}")
+        for v in ("DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_NUM_WORKER"):
+            if not env[v].isdigit() or int(env[v]) < 1:
+                raise DistributedError(f"--kvstore {name}: {v}={env[v]!r} is not a positive integer; {hint}")
+    return name
+
+
+def _no_barrier_on_exit(kv):
+    """Let a failing worker exit at once: by default MXNet's dist kvstore waits, when it is
+    destroyed, for every other worker at a barrier they will never reach (they wait for this
+    worker's gradients), so the whole job would hang instead of failing."""
+    import ctypes
+    from mxnet.base import _LIB
+    try:
+        _LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, ctypes.c_int(0))
+    except Exception:  # noqa: BLE001  (best effort on the way out)
+        pass
+
+
+def _broadcast_params(kv, net, ctxs):
+    """Give every worker rank 0's parameters (kvstore init by rank 0, then pull by all).
+
+    Returns the largest difference between this worker's values before and after
+    (0.0 when seeded initialization already made them identical)."""
+    params = sorted(net._collect_params_with_prefix().items())
+    before = [p.data(ctxs[0]).copy() for _, p in params]
+    keys = [_KEY_PARAMS + i for i in range(len(params))]
+    kv.broadcast(keys, [p.data(ctxs[0]) for _, p in params], out=[p.list_data() for _, p in params])
+    return max(float(mx.nd.abs(b - p.data(ctxs[0])).max().asscalar()) for b, (_, p) in zip(before, params))
+
+
+def _agree_with_rank0(kv, rank, state):
+    """Raise DistributedError unless this worker's ``state`` (small non-negative ints) equals rank 0's."""
+    mine = mx.nd.array(state, dtype="float64")
+    theirs = mx.nd.zeros(len(state), dtype="float64")
+    kv.broadcast(_KEY_AGREE, mine, out=theirs)
+    theirs = [int(v) for v in theirs.asnumpy()]
+    if theirs != list(state):
+        names = ("start epoch", "checkpoint found", "checkpoint id", "steps per epoch")
+        here = ", ".join(f"{n} {a}" for n, a in zip(names, state))
+        there = ", ".join(f"{n} {b}" for n, b in zip(names, theirs))
+        raise DistributedError(
+            f"worker {rank} does not see the run rank 0 sees ({here}; rank 0: {there}): every worker must "
+            "train on the same data with the same options and, with --resume, read the same run directory "
+            "(put --out on a shared file system for a multi-host job)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +178,22 @@ def split_train_validation(n, validation_size, split_seed):
 
 def random_shift(images, rng, max_shift):
     """Shift each ``(28,28)`` image by up to ``max_shift`` pixels in x and y (zero fill)."""
+    return _shift_part(images, rng, max_shift, len(images), 0)
+
+
+def _shift_part(images, rng, max_shift, total, start):
+    """:func:`random_shift` of items ``start .. start+len(images)`` of a batch of ``total``.
+
+    The shifts are drawn for the whole batch, so a worker of a distributed job,
+    which holds one part of the global batch, shifts its images exactly as a
+    single process with the global batch would (and draws as many numbers)."""
     if max_shift == 0:
         return images
     n, h, w = images.shape
     pad = np.zeros((n, h + 2 * max_shift, w + 2 * max_shift), dtype=images.dtype)
     pad[:, max_shift:max_shift + h, max_shift:max_shift + w] = images
-    dy = rng.integers(0, 2 * max_shift + 1, size=n)
-    dx = rng.integers(0, 2 * max_shift + 1, size=n)
+    dy = rng.integers(0, 2 * max_shift + 1, size=total)[start:start + n]
+    dx = rng.integers(0, 2 * max_shift + 1, size=total)[start:start + n]
     rows = dy[:, None] + np.arange(h)[None, :]
     cols = dx[:, None] + np.arange(w)[None, :]
     return pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -148,6 +256,10 @@ def _read_checkpoint(out_dir, net):
     if ck.get("architecture") != _arch_signature(net):
         raise CheckpointError(f"{path} was written for another architecture (parameter names or shapes "
                               "differ); use a new --out directory")
+    if "states" in ck and ck["states"] is None:
+        raise CheckpointError(f"{path} was written by a dist_async job, whose optimizer state lives on the "
+                              "parameter servers and was not saved: it cannot be resumed; start a new run "
+                              "(its weights are in best.params and the epoch-*.params file)")
     for key in ("params", "states"):
         fname = ck.get(key)
         # Only plain file names inside our own run directory: the states file is a pickle.
@@ -174,7 +286,10 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     epochs, batch_size, seed : int, optional
         Override the recipe's ``[train]`` values.
     kvstore : str or mxnet.kvstore.KVStore, optional
-        Gradient reduction; default ``device`` for GPUs, ``local`` for CPUs.
+        Gradient reduction, one of :data:`KVSTORES`; default ``device`` for
+        GPUs, ``local`` for CPUs.  ``dist_sync``, ``dist_device_sync`` and
+        ``dist_async`` need this process to be a worker of a parameter-server
+        job (``capszoo launch``); see the module docstring.
     max_steps_per_epoch : int, optional
         Cap on steps per epoch (quick runs and tests).
     validation_size : int, optional
@@ -189,6 +304,13 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     recipe = recipe.replace_train(epochs=epochs, batch_size=batch_size, seed=seed)
     cfg = recipe.train
     ctxs = parse_ctx(ctx)
+    kvstore = check_kvstore(kvstore)
+    kv_type = kvstore.type if isinstance(kvstore, mx.kvstore.KVStoreBase) else kvstore
+    dist = kv_type is not None and kv_type.startswith("dist")
+    dist_async = dist and "async" in kv_type
+    if resume and dist_async:
+        raise DistributedError("--resume is not supported with dist_async: the optimizer state lives on the "
+                               "parameter servers and is not checkpointed; use dist_sync")
     images, labels = data
     if validation_size is not None:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, validation_size=validation_size))
@@ -204,7 +326,7 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     out_dir = os.fspath(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write-test")
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")  # workers may share out_dir
         with open(probe, "wb"):
             pass
         os.unlink(probe)
@@ -219,32 +341,71 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         raise CheckpointError(f"{out_dir} already holds a run; pass --resume to continue it or choose "
                               "another --out")
     initialize_net(net, recipe, ctxs, cfg.seed)
+    if dist and not isinstance(kvstore, mx.kvstore.KVStoreBase):
+        # MXNet's parameter server reads PORT as the port of this node: an unrelated PORT
+        # (set by many platforms) makes it fail.  capszoo launch removes it too.
+        os.environ.pop("PORT", None)
+        kvstore = mx.kv.create(kv_type)  # blocks until every node of the job has joined
     kv = kvstore if kvstore is not None else default_kvstore(ctxs)
-    trainer = gluon.Trainer(net.collect_params(), "adam",
-                            {"learning_rate": recipe.optimizer.learning_rate}, kvstore=kv)
-    rank = getattr(trainer._kvstore, "rank", 0) if trainer._kvstore is not None else 0
-    num_workers = getattr(trainer._kvstore, "num_workers", 1) if trainer._kvstore is not None else 1
+    # The Trainer creates a non-distributed kvstore only at its first step: rank and
+    # number of workers come from the kvstore object itself.
+    rank, num_workers = (kv.rank, kv.num_workers) if dist else (0, 1)
+    try:
+        return _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck,
+                           out_dir, tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress)
+    except BaseException:
+        if dist:
+            _no_barrier_on_exit(kv)
+        raise
+
+
+def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck, out_dir,
+                tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress):
+    # Each worker of a distributed job trains on its own part of each global batch.
+    steps = len(tr_images) // (cfg.batch_size * num_workers)
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    opt_params = {"learning_rate": recipe.optimizer.learning_rate}
+    if dist_async:
+        # The servers run the optimizer: the per-epoch decay goes with it as a schedule
+        # (an update per worker per step).
+        opt_params["lr_scheduler"] = mx.lr_scheduler.FactorScheduler(
+            step=max(1, steps * num_workers), factor=recipe.optimizer.lr_decay,
+            base_lr=recipe.optimizer.learning_rate, stop_factor_lr=0.0)
+    # dist_sync: the workers sum their gradients through the servers and each runs the same
+    # optimizer step locally (update_on_kvstore=False), so learning-rate changes and saved
+    # optimizer states work as in a single process.  dist_async can only update on the servers.
+    trainer = gluon.Trainer(net.collect_params(), "adam", opt_params, kvstore=kv,
+                            update_on_kvstore=(False if dist and not dist_async else None))
+    # Gradients are summed over the workers in dist_sync: normalize by the global batch.
+    grad_scale = num_workers if dist and not dist_async else 1
 
     history, start_epoch, best = [], 0, {"epoch": -1, "val_accuracy": -1.0}
     if ck is not None:
         load_params_into(net, os.path.join(out_dir, ck["params"]), ctx=ctxs)
         trainer.load_states(os.path.join(out_dir, ck["states"]))
         history, start_epoch, best = list(ck["history"]), int(ck["epoch"]), dict(ck["best"])
-    elif rank == 0:
+    if dist:
+        ck_id = zlib.crc32(json.dumps(ck, sort_keys=True).encode()) & 0xFFFFFF if ck is not None else 0
+        _agree_with_rank0(kv, rank, (start_epoch, int(ck is not None), ck_id, steps))
+        init_diff = _broadcast_params(kv, net, ctxs)
+        if init_diff > 0:
+            print(f"capszoo: worker {rank}: initial weights differed from rank 0's (max abs diff {init_diff:.3g}); "
+                  "using rank 0's", file=sys.stderr)
+        if not dist_async:
+            kv.init(_KEY_METRICS, mx.nd.zeros(4, dtype="float64"))
+    if ck is None and rank == 0:
         atomic_write_json(os.path.join(out_dir, "run.json"),
                           {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
-                           "kvstore": kv if isinstance(kv, str) else type(kv).__name__,
+                           "kvstore": kv if isinstance(kv, str) else kv.type,
                            "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     train_net.hybridize(static_alloc=True)
     net.hybridize(static_alloc=True)
 
-    # Each worker of a distributed job trains on its own shard of the (shuffled) data.
-    steps = len(tr_images) // (cfg.batch_size * num_workers)
-    if max_steps_per_epoch:
-        steps = min(steps, max_steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         lr = recipe.optimizer.learning_rate_at(epoch)
-        trainer.set_learning_rate(lr)
+        if not dist_async:
+            trainer.set_learning_rate(lr)
         rng = np.random.default_rng([cfg.seed, epoch])
         perm = rng.permutation(len(tr_images))
         shift_rng = np.random.default_rng([cfg.seed, epoch, 1])
@@ -252,10 +413,12 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         t0 = time.time()
         sums = np.zeros(3)  # class loss, reco loss, correct
         seen = 0
+        gbatch = cfg.batch_size * num_workers
+        part = rank * cfg.batch_size
         for step in range(steps):
-            base = (step * num_workers + rank) * cfg.batch_size
-            idx = perm[base:base + cfg.batch_size]
-            x = _as_float(random_shift(tr_images[idx], shift_rng, recipe.data.max_shift))
+            # Worker r's images are part r of global batch `step`: perm[(step*W + r)*B : (step*W + r + 1)*B].
+            idx = perm[step * gbatch + part:step * gbatch + part + cfg.batch_size]
+            x = _as_float(_shift_part(tr_images[idx], shift_rng, recipe.data.max_shift, gbatch, part))
             xs = gluon.utils.split_and_load(mx.nd.array(x), ctxs, even_split=False)
             ys = gluon.utils.split_and_load(mx.nd.array(tr_labels[idx]), ctxs, even_split=False)
             outs = []
@@ -264,7 +427,7 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
                     cl, rl, probs = train_net(xb, yb)
                     outs.append((cl, rl, probs, yb))
                     (cl + rl).backward()
-            trainer.step(len(idx))
+            trainer.step(len(idx) * grad_scale)
             for cl, rl, probs, yb in outs:
                 sums += (cl.sum().asscalar(), rl.sum().asscalar(),
                          (probs.argmax(axis=1) == yb).sum().asscalar())
@@ -272,14 +435,21 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
             if bar:
                 bar.update(step + 1, (sums[0] + sums[1]) / seen, sums[2] / seen, seen / (time.time() - t0))
         train_time = time.time() - t0
+        images_seen = seen * num_workers
+        if dist and not dist_async:  # the epoch's training metrics over all workers' images
+            total = mx.nd.array([sums[0], sums[1], sums[2], seen], dtype="float64")
+            out = mx.nd.zeros(4, dtype="float64")
+            kv.pushpull(_KEY_METRICS, total, out=out)
+            *sums, seen = out.asnumpy()
+            sums, images_seen = np.array(sums), seen
         va_probs = predict_probabilities(net, va_images, ctx=ctxs) if len(va_images) else None
         va_acc = float((va_probs.argmax(1) == va_labels).mean()) if va_probs is not None else float("nan")
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[:2].sum() / seen,
                    "train_class_loss": sums[0] / seen, "train_reco_loss": sums[1] / seen,
                    "train_accuracy": sums[2] / seen, "val_accuracy": va_acc,
                    "val_errors": int(round((1 - va_acc) * len(va_labels))) if va_probs is not None else None,
-                   "images_per_second": seen * num_workers / train_time, "epoch_seconds": time.time() - t0,
-                   "train_images": seen * num_workers}
+                   "images_per_second": images_seen / train_time, "epoch_seconds": time.time() - t0,
+                   "train_images": int(images_seen)}
         metrics = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
         history.append(metrics)
         if va_probs is not None and va_acc > best["val_accuracy"]:
@@ -287,19 +457,24 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
             if rank == 0:
                 save_params(net, os.path.join(out_dir, "best.params"))
         if rank == 0:
-            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best)
+            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async)
         if log:
             log(metrics)
     if best["epoch"] < 0 and rank == 0:  # no validation data: the last weights are the result
         save_params(net, os.path.join(out_dir, "best.params"))
+    if os.environ.get(SAVE_ALL_RANKS_ENV, "") not in ("", "0"):  # checking that workers agree
+        save_params(net, os.path.join(out_dir, f"final-rank{rank}.params"))
     return TrainResult(out_dir, len(history), best["epoch"], best["val_accuracy"], tuple(history))
 
 
-def _write_checkpoint(out_dir, net, trainer, epoch, history, best):
+def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True):
     params, states = f"epoch-{epoch:04d}.params", f"epoch-{epoch:04d}.states"
     save_params(net, os.path.join(out_dir, params))
-    with atomic_path(os.path.join(out_dir, states)) as tmp:
-        trainer.save_states(tmp)
+    if save_states:
+        with atomic_path(os.path.join(out_dir, states)) as tmp:
+            trainer.save_states(tmp)
+    else:  # dist_async: the optimizer state is on the servers
+        states = None
     ck = {"format": FORMAT_VERSION, "epoch": epoch, "params": params, "states": states,
           "history": history, "best": best, "architecture": _arch_signature(net)}
     atomic_write_json(os.path.join(out_dir, CHECKPOINT), ck)

@@ -56,12 +56,17 @@ def list_cmd(pattern, as_json):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A .params file to report on.")
-def info_cmd(name, as_json, weights):
+@click.option("--graphic", default=None, metavar="PATH",
+              help="Also draw the summary graphic (sub-nets as boxes) into PATH: .png, .jpg or .svg.")
+def info_cmd(name, as_json, weights, graphic):
     """Layers, parameter count, trained size and arrays of model NAME (like NetInformation)."""
     from ._info import format_info, net_info
     from ._registry import get_card
 
     card = get_card(name)
+    if graphic is not None:
+        from ._visualize import check_output_path
+        check_output_path(graphic, svg=True)
     net = card.builder()
     path = weights
     if path is None and card.weights is not None:
@@ -71,6 +76,10 @@ def info_cmd(name, as_json, weights):
         except CapszooError:
             path = None
     info = net_info(net, name=card.name, weights_path=path)
+    if graphic is not None:
+        from ._visualize import save_summary
+        save_summary(info, graphic)
+        click.echo(f"wrote {graphic}", err=True)
     if as_json:
         d = info.to_dict()
         d["card"] = card.to_dict()
@@ -148,7 +157,9 @@ def evaluate_cmd(model, data_dir, as_json, ctx, batch_size):
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Run directory for checkpoints and metrics [default: runs/<recipe>].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--kvstore", default=None, help="Gradient reduction: local, device, dist_sync, dist_async, dist_device_sync.")
+@click.option("--kvstore", default=None,
+              help="Gradient reduction: local, device (one machine; default device for GPUs, local for CPUs) or "
+                   "dist_sync, dist_device_sync, dist_async (a parameter-server job started by capszoo launch).")
 @click.option("--limit", type=click.IntRange(1, 60000), default=None, hidden=True,
               help="Use only the first N training images (quick runs).")
 @click.option("--max-steps", type=click.IntRange(1, 10 ** 9), default=None, hidden=True,
@@ -160,11 +171,12 @@ def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, 
     """Train RECIPE (a bundled recipe name such as capsnet-mnist, or a .toml file)."""
     from ._context import parse_ctx
     from ._recipe import load_recipe
-    from ._train import train
+    from ._train import check_kvstore, train
     from .data import load_mnist
 
     rec = load_recipe(recipe)
     ctxs = parse_ctx(ctx)  # before any work: an unavailable GPU is reported now
+    kvstore = check_kvstore(kvstore)  # an unknown name, or dist_* outside a launched job, is reported now
     out_dir = out_dir or os.path.join("runs", rec.name)
     images, labels = load_mnist("train", data_dir=data_dir)
     if limit:
@@ -193,18 +205,132 @@ def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, 
 @click.option("--verify", is_flag=True, help="Reload in the target runtime and report max abs diff and accuracy.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="MNIST folder for --verify (default: download into the cache).")
-def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir):
+@click.option("--verify-count", type=click.IntRange(1, 10000), default=10000, show_default=True,
+              help="MNIST test images used by --verify.")
+def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir, verify_count):
     """Export model NAME (or a slice of it) to MXNet symbol JSON + params or ONNX."""
     from ._export import export_model
 
     report = export_model(name, fmt=fmt, out_dir=out_dir, prefix=prefix, slice_spec=slice_spec, weights=weights,
-                          verify=verify, data_dir=data_dir)
+                          verify=verify, data_dir=data_dir, verify_count=verify_count)
     for f in report["files"]:
         click.echo(f"wrote {f['path']}  ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
     if verify:
         v = report["verification"]
         click.echo(f"verified in {v['runtime']}: max abs diff {v['max_abs_diff']:.3g}"
                    + (f", test accuracy {100 * v['accuracy']:.2f} %" if v.get("accuracy") is not None else ""))
+
+
+_OUT_HELP = "Output picture: .png or .jpg (written atomically)."
+_WEIGHTS_HELP = "A .params file instead of the published weights."
+_POLARITY_CHOICE = click.Choice(["auto", "dark-on-light", "light-on-dark"])
+
+
+@main.command("reconstruct")
+@click.argument("name")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("-o", "--out", required=True, metavar="PATH", help=_OUT_HELP)
+@click.option("--labels", default=None, help="True labels, one per image, comma-separated (e.g. 7,2,1).")
+@click.option("--columns", type=click.IntRange(1, 100), default=None,
+              help="Input/reconstruction pairs per row [default: up to 5].")
+@click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the images.")
+@click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
+def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
+    """Draw each of IMAGES beside its reconstruction by model NAME, with the predicted class."""
+    from ._api import load
+    from ._registry import get_card
+    from ._visualize import check_output_path, parse_labels, reconstruction_panel, save_image
+    from .errors import InvalidInputError
+
+    get_card(name)
+    check_output_path(out)
+    if not images:
+        raise InvalidInputError("no images given; pass one or more IMAGE files")
+    labs = parse_labels(labels, len(images)) if labels is not None else None
+    model = load(name, ctx=ctx, weights=weights)
+    panel = reconstruction_panel(model, list(images), labels=labs, columns=columns, polarity=polarity)
+    save_image(panel, out)
+    click.echo(f"wrote {out}  ({panel.width} x {panel.height})")
+
+
+@main.command("tweak")
+@click.argument("name")
+@click.argument("image", type=click.Path())
+@click.option("--dims", default="all", show_default=True,
+              help="Capsule dimensions to tweak, 1-based: 11,14,16 or all (one row each).")
+@click.option("--range", "range_spec", default="-0.25:0.25:0.05", show_default=True,
+              help="Offsets start:stop:step, stop included (one column each).")
+@click.option("-o", "--out", required=True, metavar="PATH", help=_OUT_HELP)
+@click.option("--scale", type=click.IntRange(1, 8), default=2, show_default=True, help="Cell enlargement.")
+@click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the image.")
+@click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
+def tweak_cmd(name, image, dims, range_spec, out, scale, weights, polarity, ctx):
+    """Grid of IMAGE's reconstructions with one capsule dimension shifted (rows: dims, columns: offsets)."""
+    from ._api import load
+    from ._registry import get_card
+    from ._visualize import check_output_path, parse_dims, parse_range, save_image, tweak_images
+
+    get_card(name)
+    check_output_path(out)
+    dim_list = parse_dims(dims)
+    offsets = parse_range(range_spec)
+    model = load(name, ctx=ctx, weights=weights)
+    _, grid = tweak_images(model, image, dims=dim_list, offsets=offsets, scale=scale, polarity=polarity)
+    save_image(grid, out)
+    click.echo(f"wrote {out}  ({len(dim_list)} dims x {len(offsets)} offsets, {grid.width} x {grid.height})")
+
+
+@main.command("features")
+@click.argument("name")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="MNIST folder: plot --samples test images coloured by their labels.")
+@click.option("--samples", type=int, default=None, help="How many MNIST test images [default: 500].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample choice and the drawing order.")
+@click.option("-o", "--out", required=True, metavar="PATH", help=_OUT_HELP)
+@click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the images.")
+@click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
+def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, ctx):
+    """Feature-space plot: IMAGES (or MNIST test samples) placed by PCA of their 16-D capsules."""
+    import numpy as np
+
+    from ._api import load
+    from ._registry import get_card
+    from ._visualize import check_output_path, feature_space_plot, save_image
+    from .errors import InvalidInputError
+
+    get_card(name)
+    check_output_path(out)
+    use_mnist = data_dir is not None or samples is not None
+    if images and use_mnist:
+        raise InvalidInputError("give either IMAGES or --data-dir/--samples (MNIST test images), not both")
+    if not images and not use_mnist:
+        raise InvalidInputError("no images given; pass IMAGE files, or --data-dir D [--samples N] "
+                                "to plot MNIST test images")
+    if seed < 0:
+        raise InvalidInputError(f"--seed must be >= 0, got {seed}")
+    if use_mnist:
+        from .data import load_mnist
+
+        n = 500 if samples is None else samples
+        if n < 2:
+            raise InvalidInputError(f"--samples must be at least 2, got {n}")
+        data, labs = load_mnist("test", data_dir=data_dir)
+        if n > len(data):
+            raise InvalidInputError(f"--samples {n} is more than the {len(data)} MNIST test images")
+        idx = np.sort(np.random.RandomState(seed).choice(len(data), n, replace=False))
+        inputs, labels = data[idx], labs[idx]
+    else:
+        if len(images) < 2:
+            raise InvalidInputError(f"a feature-space plot needs at least 2 images, got {len(images)}")
+        inputs, labels = list(images), None
+    model = load(name, ctx=ctx, weights=weights)
+    plot = feature_space_plot(model, inputs, labels, seed=seed, polarity=polarity)
+    save_image(plot, out)
+    click.echo(f"wrote {out}  ({len(inputs)} images, {plot.width} x {plot.height})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -324,6 +324,16 @@ def _agreement(got, ref):
     return float(np.mean(np.argmax(got[0], axis=1) == np.argmax(ref[0], axis=1)))
 
 
+def label_accuracy(outputs, labels):
+    """Accuracy of the row-wise argmax of the first output against ``labels``."""
+    labels = np.asarray(labels).astype(np.int64)
+    first = np.asarray(outputs[0])
+    if first.ndim != 2 or len(first) != len(labels):
+        raise ExportError(f"accuracy needs a (N, classes) first output and N labels, got {first.shape} "
+                          f"and {labels.shape}")
+    return float(np.mean(first.argmax(axis=1) == labels))
+
+
 def _plain(name):
     return name[:-len("_output")] if name.endswith("_output") else name
 
@@ -363,7 +373,7 @@ def _load_params(params_path):
 
 
 def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_BATCH, reference=None,
-                 atol=None):
+                 atol=None, labels=None):
     """Load an MXNet export two ways and compare its outputs with ``block``'s.
 
     The files are loaded with :meth:`mxnet.gluon.SymbolBlock.imports` and with
@@ -380,6 +390,9 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
         ``block``'s outputs on ``images`` when already computed (saves a pass).
     atol : float, optional
         When given, raise :class:`ExportError` if any difference exceeds it.
+    labels : numpy.ndarray, optional
+        Class labels of ``images``: adds ``"accuracy": {"symbolblock": a, "module": a}``,
+        each computed from that runtime's own first output.
 
     Returns
     -------
@@ -436,6 +449,8 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
     result["max_abs_diff"] = max(list(result["symbolblock"].values()) + list(result["module"].values()))
     a_sb, a_mod = _agreement(sb_out, ref), _agreement(mod_out, ref)
     result["argmax_agreement"] = None if a_sb is None else {"symbolblock": a_sb, "module": a_mod}
+    if labels is not None:
+        result["accuracy"] = {"symbolblock": label_accuracy(sb_out, labels), "module": label_accuracy(mod_out, labels)}
     if atol is not None and result["max_abs_diff"] > atol:
         raise ExportError(f"the MXNet export differs from the block by {result['max_abs_diff']:.3g} "
                           f"(> {atol:g}): {result['symbolblock']} (SymbolBlock), {result['module']} "

@@ -59,7 +59,7 @@ from onnx import TensorProto, helper, numpy_helper
 from capszoo._io import atomic_path
 from capszoo.errors import ExportError, GraphFormatError, UnsupportedOperatorError
 
-from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _agreement, _check_input_shape, _diffs,
+from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _agreement, label_accuracy, _check_input_shape, _diffs,
                      _load_params, _makedirs, _plain, as_model_input, block_outputs, block_to_symbol)
 
 __all__ = ["export_onnx", "convert_mxnet_to_onnx", "mxnet_to_onnx_model", "verify_onnx",
@@ -981,7 +981,7 @@ def onnx_outputs(session, x, *, batch_size=VERIFY_BATCH):
 
 
 def verify_onnx(onnx_path, block, images, *, batch_size=VERIFY_BATCH, reference=None, atol=None,
-                num_threads=None):
+                num_threads=None, labels=None):
     """Run an ONNX export with onnxruntime (CPUExecutionProvider) and compare it with ``block``.
 
     Parameters
@@ -996,6 +996,8 @@ def verify_onnx(onnx_path, block, images, *, batch_size=VERIFY_BATCH, reference=
     num_threads : int, optional
         onnxruntime intra-op threads; default ``OMP_NUM_THREADS`` when set, else
         onnxruntime's default.
+    labels : numpy.ndarray, optional
+        Class labels of ``images``: adds ``"accuracy"`` computed from onnxruntime's outputs.
 
     Returns
     -------
@@ -1020,6 +1022,8 @@ def verify_onnx(onnx_path, block, images, *, batch_size=VERIFY_BATCH, reference=
         "argmax_agreement": _agreement(got, ref),
         "onnxruntime_version": ort.__version__,
     }
+    if labels is not None:
+        result["accuracy"] = label_accuracy(got, labels)
     if atol is not None and result["max_abs_diff"] > atol:
         raise ExportError(f"the ONNX export differs from the block by {result['max_abs_diff']:.3g} "
                           f"(> {atol:g}): {diffs}; export the block again and report a bug if it persists")

@@ -1,0 +1,1057 @@
+"""Pictures of a CapsNet: reconstructions, pose tweaks, feature space, summary graphic.
+
+Everything is drawn with Pillow alone (no plotting library), headless and
+deterministic: the same model, inputs and seed give the same bytes.
+
+>>> from capszoo import _visualize as vis
+>>> vis.reconstruction_panel(model, images, labels=labels)          # doctest: +SKIP
+>>> cells, grid = vis.tweak_images(model, image, dims=[11, 14, 16])  # doctest: +SKIP
+>>> vis.feature_space_plot(model, images, labels, seed=0)           # doctest: +SKIP
+>>> vis.save_summary(model.info(), "summary.svg")                   # doctest: +SKIP
+
+Digits are shown as the net sees them: light ink on a dark field, 28x28,
+enlarged by an integer factor with nearest-neighbour sampling, so each tile's
+pixels are exactly the image's pixels repeated.
+
+Output files (:func:`save_image`, :func:`save_summary`) are written
+atomically; the format comes from the extension (.png, .jpg/.jpeg, and .svg
+for the summary graphic).  An unknown extension raises
+:class:`~capszoo.errors.InvalidInputError`; a path that cannot be written
+(missing folder, a folder, no permission, disk full) raises
+:class:`~capszoo.errors.ExportError` and leaves no file behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import List, Optional, Sequence, Tuple
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ._io import atomic_path
+from .errors import ExportError, InvalidInputError
+
+__all__ = [
+    "PALETTE",
+    "DEFAULT_OFFSETS",
+    "MAX_OFFSETS",
+    "reconstruction_panel",
+    "reconstruction_layout",
+    "tweak_images",
+    "tweak_grid",
+    "tweak_layout",
+    "parse_dims",
+    "parse_range",
+    "project_features",
+    "feature_space_plot",
+    "feature_plot_layout",
+    "summary_graphic",
+    "summary_svg",
+    "save_image",
+    "save_summary",
+    "output_format",
+    "check_output_path",
+    "parse_labels",
+]
+
+#: Ten distinct class colours (the "tab10" palette), class ``k`` gets ``PALETTE[k]``.
+PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+#: Offsets added to one capsule dimension in the pose-tweak grid (the Keras grid: 11 columns).
+DEFAULT_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 10) + 0.0
+#: Most offsets (columns) a tweak grid may have.
+MAX_OFFSETS = 41
+CAPSULE_DIM = 16
+
+_WHITE = (255, 255, 255)
+_INK = (25, 25, 25)
+_MUTED = (95, 95, 95)
+_RULE = (200, 200, 200)
+_WRONG = (200, 20, 20)
+_FRAME = (31, 119, 180)
+_BOX_FILL = (236, 243, 250)
+_BOX_EDGE = (70, 110, 160)
+_TITLE, _TEXT, _SMALL = 20, 14, 13
+_MARGIN = 20
+_MIN_WIDTH = 540
+
+_IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+
+
+# -- text --------------------------------------------------------------------------------------
+_FONTS = {}
+
+
+def _font(size):
+    """The built-in scalable font at ``size`` px (Pillow >= 10.1); older Pillow: the bitmap font."""
+    f = _FONTS.get(size)
+    if f is None:
+        try:
+            f = ImageFont.load_default(size=size)
+        except TypeError:  # pragma: no cover - Pillow < 10.1
+            f = ImageFont.load_default()
+        _FONTS[size] = f
+    return f
+
+
+def _line_h(size):
+    """Height of one line of text of ``size`` (ascender to descender)."""
+    f = _font(size)
+    if hasattr(f, "getmetrics"):
+        asc, desc = f.getmetrics()
+        return asc + desc
+    return f.getbbox("Hgjy")[3]  # pragma: no cover
+
+
+def _ascent(size):
+    f = _font(size)
+    return f.getmetrics()[0] if hasattr(f, "getmetrics") else _line_h(size)
+
+
+def _text_w(text, size):
+    return int(math.ceil(_font(size).getlength(text)))
+
+
+def _text(draw, x, y, text, size=_TEXT, fill=_INK, align="left"):
+    """Draw one line with its top (ascender line) at ``y``; ``x`` is its left, centre or right."""
+    w = _font(size).getlength(text)
+    x0 = x - w / 2 if align == "center" else x - w if align == "right" else x
+    draw.text((int(round(x0)), int(y)), text, font=_font(size), fill=fill)
+
+
+def _wrap(text, size, width):
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` px (long words stay whole)."""
+    lines, cur = [], ""
+    for word in text.split():
+        cand = word if not cur else cur + " " + word
+        if not cur or _text_w(cand, size) <= width:
+            cur = cand
+        else:
+            lines.append(cur)
+            cur = word
+    if cur:
+        lines.append(cur)
+    return lines
+
+
+def _fit(text, size, width):
+    """``text`` shortened with "..." until it fits ``width`` px."""
+    if _text_w(text, size) <= width:
+        return text
+    while text and _text_w(text + "...", size) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _vtext(canvas, cx, cy, text, size=_TEXT, fill=_INK):
+    """Draw ``text`` rotated 90 degrees (reading upwards) centred on ``(cx, cy)``."""
+    w, h = _text_w(text, size) + 2, _line_h(size)
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).text((1, 0), text, font=_font(size), fill=255)
+    mask = mask.rotate(90, expand=True)
+    canvas.paste(Image.new("RGB", mask.size, fill), (int(cx - mask.width / 2), int(cy - mask.height / 2)), mask)
+
+
+def _paragraph_h(lines, size, spacing=2):
+    return len(lines) * (_line_h(size) + spacing)
+
+
+def _draw_paragraph(draw, x, y, lines, size, fill=_MUTED, spacing=2):
+    for line in lines:
+        _text(draw, x, y, line, size, fill)
+        y += _line_h(size) + spacing
+    return y
+
+
+def _tile(arr28, scale):
+    """A 28x28 [0, 1] array or L image enlarged ``scale`` times (nearest), as an L image."""
+    img = arr28 if isinstance(arr28, Image.Image) else \
+        Image.fromarray(np.clip(np.asarray(arr28).reshape(28, 28) * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("L").resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+# -- output files ------------------------------------------------------------------------------
+def output_format(path, *, svg=False):
+    """The writer format for ``path`` from its extension: "PNG", "JPEG" (or "SVG" when ``svg``).
+
+    Raises InvalidInputError for any other extension, naming the accepted ones.
+    """
+    allowed = dict(_IMAGE_FORMATS)
+    if svg:
+        allowed["svg"] = "SVG"
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower().lstrip(".")
+    if ext not in allowed:
+        what = f"unknown extension '.{ext}'" if ext else "no file extension"
+        raise InvalidInputError(f"cannot write {p!r}: {what}; use one of "
+                                f"{', '.join('.' + e for e in allowed)}")
+    return allowed[ext]
+
+
+def check_output_path(path, *, svg=False):
+    """Check ``path`` before any work: known extension and a writable folder.  Returns the format.
+
+    Raises InvalidInputError (extension) or ExportError (cannot be written).
+    """
+    fmt = output_format(path, svg=svg)
+    p = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(p))
+    if os.path.isdir(p):
+        raise ExportError(f"cannot write {p!r}: it is a folder")
+    if not os.path.exists(folder):
+        raise ExportError(f"cannot write {p!r}: folder {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise ExportError(f"cannot write {p!r}: {folder!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {p!r}: folder {folder!r} is not writable")
+    return fmt
+
+
+def _os_reason(exc):
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def save_image(img, path):
+    """Write PIL image ``img`` to ``path`` atomically (.png, .jpg, .jpeg); returns ``path``."""
+    fmt = check_output_path(path)
+    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    try:
+        with atomic_path(path) as tmp:
+            img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    except OSError as exc:
+        raise ExportError(f"cannot write {os.fspath(path)!r}: {_os_reason(exc)}") from None
+    return path
+
+
+def save_summary(info, path):
+    """Write the summary graphic of ``info`` to ``path``: SVG for .svg, else a PNG/JPEG picture."""
+    fmt = check_output_path(path, svg=True)
+    if fmt != "SVG":
+        return save_image(summary_graphic(info), path)
+    data = summary_svg(info).encode("utf-8")
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+    except OSError as exc:
+        raise ExportError(f"cannot write {os.fspath(path)!r}: {_os_reason(exc)}") from None
+    return path
+
+
+# -- shared checks -----------------------------------------------------------------------------
+def _check_int(value, what, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo \
+            or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise InvalidInputError(f"{what} must be an integer {rng}, got {value!r}")
+    return int(value)
+
+
+def _run(model, images, polarity, batch_size=128):
+    """Encode ``images`` and run the net once: (x numpy (N,28,28), probs, capsules, reconstructions)."""
+    x = model.encode(images, polarity=polarity)
+    if x.shape[0] == 0:
+        raise InvalidInputError("no images given (empty batch)")
+    probs, caps, recos = model._run(x, batch_size, need_reco=True)
+    return x.asnumpy()[:, 0], probs, caps, recos
+
+
+def _predicted(model, probs):
+    classes = model.card.classes
+    return [classes[int(i)] for i in probs.argmax(axis=1)]
+
+
+def _class_index(model, label, where):
+    classes = list(model.card.classes)
+    try:
+        if isinstance(label, (np.integer, np.floating)):
+            label = label.item()
+        return classes.index(label)
+    except ValueError:
+        raise InvalidInputError(f"{where}: {label!r} is not a class of {model.card.name} "
+                                f"({', '.join(map(str, classes))})") from None
+
+
+# -- 1. reconstructions ------------------------------------------------------------------------
+_REC_HEAD = ("Left: the input as the net sees it (28 x 28). Right: what the Reconstruct sub-net decodes "
+             "from the 16-D capsule of the predicted class.")
+_REC_LEGEND = "pred: predicted class (the longest digit capsule)."
+_REC_LEGEND_LABELS = " true: the given label; a red caption marks a wrong prediction."
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructionLayout:
+    """Geometry of :func:`reconstruction_panel`: picture size and where each tile goes."""
+
+    n: int
+    columns: int
+    scale: int
+    size: Tuple[int, int]
+    grid_origin: Tuple[int, int]
+    pair_pitch: Tuple[int, int]
+    inner_gap: int
+    head_lines: Tuple[str, ...]
+    legend_lines: Tuple[str, ...]
+    note_lines: Tuple[str, ...]
+    legend_y: int
+
+    @property
+    def tile(self):
+        return 28 * self.scale
+
+    @property
+    def rows(self):
+        return -(-self.n // self.columns)
+
+    def input_box(self, i):
+        """(left, top, right, bottom) of input ``i``'s tile."""
+        r, c = divmod(i, self.columns)
+        x = self.grid_origin[0] + c * self.pair_pitch[0]
+        y = self.grid_origin[1] + r * self.pair_pitch[1]
+        return (x, y, x + self.tile, y + self.tile)
+
+    def reconstruction_box(self, i):
+        """(left, top, right, bottom) of reconstruction ``i``'s tile (right of its input)."""
+        x0, y0, x1, y1 = self.input_box(i)
+        d = self.tile + self.inner_gap
+        return (x0 + d, y0, x1 + d, y1)
+
+
+def reconstruction_layout(n, *, columns=None, scale=3, labels=False, note=None):
+    """The :class:`ReconstructionLayout` of a panel of ``n`` inputs (``columns`` pairs per row)."""
+    n = _check_int(n, "the number of images", 1)
+    columns = min(n, 5) if columns is None else _check_int(columns, "columns", 1)
+    columns = min(columns, n)
+    scale = _check_int(scale, "scale", 1, 16)
+    tile, inner, gap_x, gap_y = 28 * scale, 6, 28, 16
+    pair_w = 2 * tile + inner
+    caption_h = _line_h(_TEXT) + 8
+    grid_w = columns * pair_w + (columns - 1) * gap_x
+    width = max(grid_w + 2 * _MARGIN, _MIN_WIDTH)
+    text_w = width - 2 * _MARGIN
+    head = tuple(_wrap(_REC_HEAD, _SMALL, text_w))
+    legend = tuple(_wrap(_REC_LEGEND + (_REC_LEGEND_LABELS if labels else ""), _SMALL, text_w))
+    notes = tuple(_wrap(note, _SMALL, text_w)) if note else ()
+    rows = -(-n // columns)
+    top = 14 + _line_h(_TITLE) + 6 + _paragraph_h(head, _SMALL) + 12 + _line_h(_SMALL) + 6
+    grid_h = rows * (tile + caption_h) + (rows - 1) * gap_y
+    height = top + grid_h + 10 + _paragraph_h(legend, _SMALL) + _paragraph_h(notes, _SMALL) + 14
+    return ReconstructionLayout(n=n, columns=columns, scale=scale, size=(width, height),
+                                grid_origin=((width - grid_w) // 2, top),
+                                pair_pitch=(pair_w + gap_x, tile + caption_h + gap_y), inner_gap=inner,
+                                head_lines=head, legend_lines=legend, note_lines=notes,
+                                legend_y=top + grid_h + 10)
+
+
+def reconstruction_panel(model, images, *, labels=None, columns=None, scale=3, polarity="auto", note=None,
+                         return_images=False):
+    """Each input beside its reconstruction, captioned with the predicted class (and true label).
+
+    Parameters
+    ----------
+    model : CapsNetModel
+    images : image, list of images or batch
+        Anything ``model(...)`` accepts; one image gives a one-pair panel.
+    labels : sequence, optional
+        True classes, one per image; a wrong prediction's caption is red.
+    columns : int, optional
+        Pairs per row (default: up to 5).
+    scale : int
+        Enlargement of the 28x28 tiles (nearest neighbour).
+    note : str, optional
+        A line of small print at the bottom (e.g. which weights drew the picture).
+    return_images : bool
+        Also return the reconstructions (PIL "L" 28x28, as ``model(x, prop="Reconstruction")``).
+
+    Returns
+    -------
+    PIL.Image (RGB), or ``(panel, reconstructions)``.  Tile positions are given by
+    :func:`reconstruction_layout` with the same arguments.
+    """
+    from ._api import _to_pil
+
+    x, probs, _, recos = _run(model, images, polarity)
+    n = len(x)
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != n:
+            raise InvalidInputError(f"labels: got {len(labels)} labels for {n} images")
+        for i, lab in enumerate(labels):
+            _class_index(model, lab, f"label {i}")
+    lay = reconstruction_layout(n, columns=columns, scale=scale, labels=labels is not None, note=note)
+    pred = _predicted(model, probs)
+    rec_images = [_to_pil(r) for r in recos]
+
+    canvas = Image.new("RGB", lay.size, _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    width = lay.size[0]
+    y = 14
+    _text(draw, _MARGIN, y, _fit(f"Reconstructions by {model.card.name}", _TITLE, width - 2 * _MARGIN),
+          _TITLE)
+    y += _line_h(_TITLE) + 6
+    _draw_paragraph(draw, _MARGIN, y, lay.head_lines, _SMALL)
+    for c in range(lay.columns):
+        bi, br = lay.input_box(c), lay.reconstruction_box(c)
+        hy = bi[1] - 6 - _line_h(_SMALL)
+        _text(draw, (bi[0] + bi[2]) / 2, hy, "input", _SMALL, _MUTED, "center")
+        _text(draw, (br[0] + br[2]) / 2, hy, "reconstruction", _SMALL, _MUTED, "center")
+    for i in range(n):
+        bi, br = lay.input_box(i), lay.reconstruction_box(i)
+        canvas.paste(_tile(x[i], lay.scale), bi[:2])
+        canvas.paste(_tile(rec_images[i], lay.scale), br[:2])
+        caption = f"pred {pred[i]}"
+        colour = _INK
+        if labels is not None:
+            caption += f"  \u00b7  true {labels[i]}"
+            if _class_index(model, labels[i], "") != _class_index(model, pred[i], ""):
+                colour = _WRONG
+        _text(draw, (bi[0] + br[2]) / 2, bi[3] + 5, caption, _TEXT, colour, "center")
+    y = _draw_paragraph(draw, _MARGIN, lay.legend_y, lay.legend_lines, _SMALL)
+    _draw_paragraph(draw, _MARGIN, y, lay.note_lines, _SMALL)
+    return (canvas, rec_images) if return_images else canvas
+
+
+# -- 2. pose tweaks ----------------------------------------------------------------------------
+def _dims_error(value):
+    return InvalidInputError(f"capsule dimensions are 1..{CAPSULE_DIM} (1-based), got {value!r}")
+
+
+def _check_dims(dims):
+    if dims is None or (isinstance(dims, str) and dims.strip().lower() == "all"):
+        return list(range(1, CAPSULE_DIM + 1))
+    if isinstance(dims, str):
+        return parse_dims(dims)
+    if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+        dims = [dims]
+    try:
+        dims = list(dims)
+    except TypeError:
+        raise InvalidInputError(f"dims must be a list of capsule dimensions 1..{CAPSULE_DIM}, "
+                                f"got {dims!r}") from None
+    if not dims:
+        raise InvalidInputError("dims is empty; give at least one capsule dimension (1..16) or None for all")
+    out = []
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= CAPSULE_DIM:
+            raise _dims_error(d)
+        if int(d) in out:
+            raise InvalidInputError(f"capsule dimension {int(d)} is given twice")
+        out.append(int(d))
+    return out
+
+
+def parse_dims(spec):
+    """Parse a ``--dims`` spec: ``"all"`` or comma-separated 1-based dimensions (``"11,14,16"``)."""
+    s = str(spec).strip()
+    if s.lower() == "all":
+        return list(range(1, CAPSULE_DIM + 1))
+    if not s:
+        raise InvalidInputError("empty dims; give e.g. 11,14,16 or all")
+    out = []
+    for part in s.split(","):
+        p = part.strip()
+        try:
+            out.append(int(p))
+        except ValueError:
+            raise InvalidInputError(f"cannot parse dims {spec!r}: {p!r} is not an integer; "
+                                    f"give e.g. 11,14,16 or all") from None
+    return _check_dims(out)
+
+
+def _offset_decimals(offsets):
+    for d in range(2, 7):
+        if np.all(np.abs(np.round(offsets, d) - offsets) < 1e-9):
+            return d
+    return 6
+
+
+def _offset_label(o, decimals):
+    return f"{0.0:.{decimals}f}" if o == 0 else f"{o:+.{decimals}f}"
+
+
+def _check_offsets(offsets):
+    try:
+        a = np.asarray(offsets, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"offsets must be numbers, got {offsets!r}") from None
+    if a.ndim == 0:
+        a = a[None]
+    if a.ndim != 1 or a.size == 0:
+        raise InvalidInputError(f"offsets must be a non-empty 1-D list of numbers, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InvalidInputError("offsets contain NaN or inf")
+    if a.size > MAX_OFFSETS:
+        raise InvalidInputError(f"too many offsets ({a.size}); at most {MAX_OFFSETS} columns")
+    return np.round(a, 10) + 0.0  # snaps -2.8e-17 from arange to 0 (and -0.0 to 0.0)
+
+
+def parse_range(spec):
+    """Parse a ``--range`` spec ``"start:stop:step"`` (stop included; ``"start:stop"`` uses step 0.05).
+
+    Raises InvalidInputError for unparseable specs, ``start > stop``, ``step <= 0`` and
+    more than :data:`MAX_OFFSETS` offsets.
+    """
+    s = str(spec).strip()
+    parts = s.split(":")
+    if len(parts) not in (2, 3):
+        raise InvalidInputError(f"cannot parse range {spec!r}; give start:stop:step, e.g. -0.25:0.25:0.05")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise InvalidInputError(f"cannot parse range {spec!r}: start, stop and step must be numbers, "
+                                f"e.g. -0.25:0.25:0.05") from None
+    start, stop = vals[0], vals[1]
+    step = vals[2] if len(vals) == 3 else 0.05
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise InvalidInputError(f"range {spec!r} has a non-finite number")
+    if step <= 0:
+        raise InvalidInputError(f"range {spec!r}: the step must be positive, got {step:g}")
+    if start > stop:
+        raise InvalidInputError(f"range {spec!r} is reversed: start {start:g} is greater than stop {stop:g}")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if count > MAX_OFFSETS:
+        raise InvalidInputError(f"range {spec!r} gives {count} offsets; at most {MAX_OFFSETS} "
+                                f"(use a larger step)")
+    return _check_offsets(start + step * np.arange(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class TweakLayout:
+    """Geometry of the tweak grid: picture size and the box of each cell."""
+
+    rows: int
+    cols: int
+    scale: int
+    size: Tuple[int, int]
+    grid_origin: Tuple[int, int]
+    gap: int
+    input_origin: Tuple[int, int]
+    head_lines: Tuple[str, ...]
+    note_lines: Tuple[str, ...]
+    note_y: int
+
+    @property
+    def tile(self):
+        return 28 * self.scale
+
+    def cell_box(self, r, c):
+        """(left, top, right, bottom) of the cell in row ``r`` (dimension) and column ``c`` (offset)."""
+        if not (0 <= r < self.rows and 0 <= c < self.cols):
+            raise IndexError(f"cell ({r}, {c}) outside a {self.rows} x {self.cols} grid")
+        x = self.grid_origin[0] + c * (self.tile + self.gap)
+        y = self.grid_origin[1] + r * (self.tile + self.gap)
+        return (x, y, x + self.tile, y + self.tile)
+
+    def input_box(self):
+        x, y = self.input_origin
+        return (x, y, x + self.tile, y + self.tile)
+
+
+_TWEAK_AXIS = "capsule dimension"
+_TWEAK_HEAD = ("Each cell decodes the capsule with one dimension shifted: Reconstruct(capsule + offset · e_dim). "
+               "The framed column (offset 0) is the untweaked reconstruction.")
+
+
+def tweak_layout(rows, cols, *, scale=2, note=None):
+    """The :class:`TweakLayout` of a grid of ``rows`` dimensions by ``cols`` offsets."""
+    rows = _check_int(rows, "rows", 1, CAPSULE_DIM)
+    cols = _check_int(cols, "cols", 1, MAX_OFFSETS)
+    scale = _check_int(scale, "scale", 1, 16)
+    tile, gap = 28 * scale, 8
+    axis_w = _line_h(_TEXT) + 8
+    label_w = _text_w(f"dim {CAPSULE_DIM}", _TEXT) + 12
+    grid_x = _MARGIN + axis_w + label_w
+    grid_w = cols * tile + (cols - 1) * gap
+    panel_w = max(tile, _text_w("input", _TEXT), _text_w("pred 0", _TEXT)) + 16
+    width = max(grid_x + grid_w + 24 + panel_w + _MARGIN, _MIN_WIDTH)
+    text_w = width - 2 * _MARGIN
+    head = tuple(_wrap(_TWEAK_HEAD, _SMALL, text_w))
+    notes = tuple(_wrap(note, _SMALL, text_w)) if note else ()
+    grid_y = 14 + _line_h(_TITLE) + 6 + _paragraph_h(head, _SMALL) + 12 + _line_h(_SMALL) + 6 \
+        + _line_h(_TEXT) + 8
+    grid_h = rows * tile + (rows - 1) * gap
+    panel_h = _line_h(_TEXT) + 6 + tile + 6 + _line_h(_TEXT)
+    body_h = max(grid_h, panel_h, _text_w(_TWEAK_AXIS, _TEXT) + 4)
+    height = grid_y + body_h + 12 + _paragraph_h(notes, _SMALL) + 10
+    in_x = grid_x + grid_w + 24 + (panel_w - tile) // 2
+    in_y = grid_y + _line_h(_TEXT) + 6
+    return TweakLayout(rows=rows, cols=cols, scale=scale, size=(width, height), grid_origin=(grid_x, grid_y),
+                       gap=gap, input_origin=(in_x, in_y), head_lines=head, note_lines=notes,
+                       note_y=grid_y + body_h + 12)
+
+
+def tweak_images(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, polarity="auto", note=None):
+    """Reconstructions of an image's capsule with one dimension tweaked (Hinton's pose grid).
+
+    For each capsule dimension ``d`` in ``dims`` (1-based) and offset ``c`` the cell
+    is ``model.reconstruct(v + c * e_d)``, with ``v`` the 16-D capsule of the
+    predicted class (``model.features(image)[0]``): Wolfram's
+    ``featureVect + c UnitVector[16, d]``.
+
+    Parameters
+    ----------
+    model : CapsNetModel
+    image : one image (path, PIL image, 2-D array, ...)
+    dims : list of int, "all" or None
+        Capsule dimensions 1..16 (default all 16), one row each.
+    offsets : sequence of float
+        One column each (default -0.25 ... +0.25 in steps of 0.05: 11 columns).
+    scale : int
+        Enlargement of the 28x28 cells.
+    note : str, optional
+        Small print at the bottom of the grid.
+
+    Returns
+    -------
+    images : list of lists of PIL.Image
+        ``images[r][c]`` (28x28, mode "L") for ``dims[r]`` and ``offsets[c]``.
+    grid : PIL.Image
+        The labelled grid (what :func:`tweak_grid` returns); cell positions from
+        :func:`tweak_layout`.
+    """
+    dims = _check_dims(dims)
+    offs = _check_offsets(offsets)
+    x, probs, caps, _ = _run(model, image, polarity)
+    if len(x) != 1:
+        raise InvalidInputError(f"tweak takes one image, got {len(x)}")
+    lay = tweak_layout(len(dims), len(offs), scale=scale, note=note)
+    v = caps[0].astype(np.float64)
+    eye = np.eye(CAPSULE_DIM)[[d - 1 for d in dims]]                      # (R, 16)
+    vecs = v[None, None, :] + offs[None, :, None] * eye[:, None, :]       # (R, C, 16)
+    flat = model.reconstruct(vecs.reshape(-1, CAPSULE_DIM))
+    base = model.reconstruct(caps[0])  # offset 0: exactly the untweaked capsule's reconstruction
+    cols = len(offs)
+    images = [[base if offs[c] == 0 else flat[r * cols + c] for c in range(cols)] for r in range(len(dims))]
+    pred = _predicted(model, probs)[0]
+
+    canvas = Image.new("RGB", lay.size, _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    width = lay.size[0]
+    y = 14
+    _text(draw, _MARGIN, y, _fit(f"Pose tweaks of {model.card.name}, predicted class {pred}",
+                                 _TITLE, width - 2 * _MARGIN), _TITLE)
+    y += _line_h(_TITLE) + 6
+    _draw_paragraph(draw, _MARGIN, y, lay.head_lines, _SMALL)
+    gx, gy = lay.grid_origin
+    grid_w = cols * lay.tile + (cols - 1) * lay.gap
+    grid_h = len(dims) * lay.tile + (len(dims) - 1) * lay.gap
+    col_label_y = gy - 6 - _line_h(_TEXT)
+    _text(draw, gx + grid_w / 2, col_label_y - 6 - _line_h(_SMALL), "offset added to the dimension",
+          _SMALL, _MUTED, "center")
+    axis_len = _text_w(_TWEAK_AXIS, _TEXT)
+    _vtext(canvas, _MARGIN + _line_h(_TEXT) / 2, gy + max(grid_h, axis_len) / 2, _TWEAK_AXIS, _TEXT, _MUTED)
+    decimals = _offset_decimals(offs)
+    for c, o in enumerate(offs):
+        b = lay.cell_box(0, c)
+        _text(draw, (b[0] + b[2]) / 2, col_label_y, _offset_label(o, decimals), _TEXT,
+              _FRAME if o == 0 else _INK, "center")
+        if o == 0:
+            last = lay.cell_box(len(dims) - 1, c)
+            draw.rectangle((b[0] - 4, b[1] - 4, last[2] + 3, last[3] + 3), outline=_FRAME, width=2)
+    for r, d in enumerate(dims):
+        b = lay.cell_box(r, 0)
+        _text(draw, b[0] - 10, (b[1] + b[3]) / 2 - _line_h(_TEXT) / 2, f"dim {d}", _TEXT, _INK, "right")
+        for c in range(cols):
+            canvas.paste(_tile(images[r][c], lay.scale), lay.cell_box(r, c)[:2])
+    ib = lay.input_box()
+    cx = (ib[0] + ib[2]) / 2
+    _text(draw, cx, ib[1] - 6 - _line_h(_TEXT), "input", _TEXT, _MUTED, "center")
+    canvas.paste(_tile(x[0], lay.scale), ib[:2])
+    _text(draw, cx, ib[3] + 6, f"pred {pred}", _TEXT, _INK, "center")
+    _draw_paragraph(draw, _MARGIN, lay.note_y, lay.note_lines, _SMALL)
+    return images, canvas
+
+
+def tweak_grid(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, polarity="auto", note=None):
+    """The labelled pose-tweak grid of :func:`tweak_images` (one row per dimension, one column per offset)."""
+    return tweak_images(model, image, dims=dims, offsets=offsets, scale=scale, polarity=polarity, note=note)[1]
+
+
+# -- 3. feature space --------------------------------------------------------------------------
+def project_features(features, method="pca"):
+    """2-D projection of feature vectors ``(N, D)``: ``(coords (N, 2), explained variance ratio (2,))``.
+
+    PCA by SVD of the centred features; each component's sign is fixed so that its
+    largest loading is positive (deterministic).
+    """
+    if method != "pca":
+        raise InvalidInputError(f"unknown projection method {method!r}; use 'pca'")
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise InvalidInputError(f"need at least 2 feature vectors (N, D) for a projection, got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise InvalidInputError("features contain NaN or inf")
+    c = f - f.mean(axis=0)
+    _, s, vt = np.linalg.svd(c, full_matrices=False)
+    big = np.argmax(np.abs(vt), axis=1)
+    signs = np.sign(vt[np.arange(vt.shape[0]), big])
+    signs[signs == 0] = 1.0
+    vt = vt * signs[:, None]
+    k = min(2, vt.shape[0])
+    coords = np.zeros((f.shape[0], 2))
+    coords[:, :k] = c @ vt[:k].T
+    var = s ** 2
+    ratio = np.zeros(2)
+    if var.sum() > 0:
+        ratio[:k] = var[:k] / var.sum()
+    return coords, ratio
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturePlotLayout:
+    """Geometry of :func:`feature_space_plot`."""
+
+    size: Tuple[int, int]
+    plot_box: Tuple[int, int, int, int]
+    swatch_boxes: Tuple[Tuple[int, int, int, int], ...]
+    legend_title_y: int
+
+
+def feature_plot_layout(size=(1000, 760)):
+    """The :class:`FeaturePlotLayout` of a feature-space plot of ``size`` (width, height)."""
+    try:
+        width, height = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"size must be (width, height), got {size!r}") from None
+    if width < 500 or height < 400 or width > 8000 or height > 8000:
+        raise InvalidInputError(f"size must be at least 500 x 400 and at most 8000 x 8000, got {size!r}")
+    legend_w = 160
+    top = 14 + _line_h(_TITLE) + 6 + 2 * (_line_h(_SMALL) + 2) + 12
+    left = _MARGIN + _line_h(_TEXT) + 8 + 72
+    right = width - _MARGIN - legend_w
+    bottom = height - (_line_h(_TEXT) + 8 + _line_h(_TEXT) + 10 + _line_h(_SMALL) + 10)
+    lx = right + 24
+    ly = top + _line_h(_TEXT) + 10
+    pitch = 26
+    swatches = tuple((lx, ly + i * pitch, lx + 18, ly + i * pitch + 18) for i in range(10))
+    return FeaturePlotLayout(size=(width, height), plot_box=(left, top, right, bottom), swatch_boxes=swatches,
+                             legend_title_y=top)
+
+
+def _nice_ticks(lo, hi, target=6):
+    span = hi - lo
+    if not span > 0:
+        return [lo], 1.0
+    raw = span / target
+    mag = 10.0 ** math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
+        step = m * mag
+        if span / step <= target + 1:
+            break
+    first = math.ceil(lo / step - 1e-9)
+    ticks = []
+    k = first
+    while k * step <= hi + 1e-9 * step:
+        ticks.append(k * step)
+        k += 1
+    return ticks, step
+
+
+def _tick_label(v, step):
+    if abs(v) < step * 1e-6:
+        v = 0.0
+    d = 0
+    while d < 8 and abs(round(step, d) - step) > step * 1e-6:
+        d += 1
+    if d > 4:
+        return f"{v:.1e}"
+    return f"{v:.{d}f}"
+
+
+def feature_space_plot(model, images, labels=None, *, method="pca", seed=0, size=(1000, 760), thumb=24,
+                       polarity="auto", note=None, batch_size=128):
+    """Wolfram's FeatureSpacePlot: images placed by a 2-D projection of their 16-D capsules.
+
+    Each image's thumbnail (its ink in the class colour) is drawn at its point;
+    the colour is the true label when ``labels`` is given, else the predicted class.
+
+    Parameters
+    ----------
+    model : CapsNetModel
+    images : list of images or batch
+        At least 2.
+    labels : sequence, optional
+        True classes, one per image.
+    method : "pca"
+        PCA of the 16-D ``Pick`` features (the capsule of the predicted class).
+    seed : int
+        Seeds the drawing order (which thumbnail lies on top).
+    size : (int, int)
+        Picture size; geometry from :func:`feature_plot_layout`.
+    thumb : int
+        Thumbnail side in px.
+
+    Returns
+    -------
+    PIL.Image (RGB)
+    """
+    if method != "pca":
+        raise InvalidInputError(f"unknown projection method {method!r}; use 'pca'")
+    seed = _check_int(seed, "seed", 0)
+    thumb = _check_int(thumb, "thumb", 8, 56)
+    lay = feature_plot_layout(size)
+    x, probs, caps, _ = _run(model, images, polarity, batch_size)
+    n = len(x)
+    if n < 2:
+        raise InvalidInputError(f"a feature-space plot needs at least 2 images, got {n}")
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != n:
+            raise InvalidInputError(f"labels: got {len(labels)} labels for {n} images")
+        cls = [_class_index(model, lab, f"label {i}") for i, lab in enumerate(labels)]
+    else:
+        cls = [int(i) for i in probs.argmax(axis=1)]
+    coords, ratio = project_features(caps, method)
+
+    width, height = lay.size
+    canvas = Image.new("RGB", lay.size, _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    y = 14
+    _text(draw, _MARGIN, y, _fit(f"Feature space of {model.card.name}: PCA of 16-D capsule features",
+                                 _TITLE, width - 2 * _MARGIN), _TITLE)
+    y += _line_h(_TITLE) + 6
+    sub = (f"{n} images, each drawn at the first two principal components of its Pick capsule "
+           f"(the 16-D capsule of the predicted class); colour: "
+           f"{'true label' if labels is not None else 'predicted class'}.")
+    _draw_paragraph(draw, _MARGIN, y, _wrap(sub, _SMALL, width - 2 * _MARGIN)[:2], _SMALL)
+
+    x0, y0, x1, y1 = lay.plot_box
+    pad = thumb / 2 + 6
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = hi - lo
+    for k in range(2):
+        if not span[k] > 0:
+            half = max(abs(lo[k]), 1e-12)
+            lo[k], hi[k], span[k] = lo[k] - half, hi[k] + half, 2 * half
+    sx = (x1 - x0 - 2 * pad) / span[0]
+    sy = (y1 - y0 - 2 * pad) / span[1]
+    ax_lo = (lo[0] - pad / sx, lo[1] - pad / sy)
+    ax_hi = (hi[0] + pad / sx, hi[1] + pad / sy)
+
+    def px(v):
+        return x0 + pad + (v - lo[0]) * sx
+
+    def py(v):
+        return y1 - pad - (v - lo[1]) * sy
+
+    # axes, grid lines, ticks
+    xt, xstep = _nice_ticks(ax_lo[0], ax_hi[0])
+    yt, ystep = _nice_ticks(ax_lo[1], ax_hi[1])
+    for t in xt:
+        X = int(round(px(t)))
+        draw.line((X, y0, X, y1), fill=(235, 235, 235))
+        draw.line((X, y1, X, y1 + 5), fill=_INK)
+        _text(draw, X, y1 + 8, _tick_label(t, xstep), _SMALL, _INK, "center")
+    for t in yt:
+        Y = int(round(py(t)))
+        draw.line((x0, Y, x1, Y), fill=(235, 235, 235))
+        draw.line((x0 - 5, Y, x0, Y), fill=_INK)
+        _text(draw, x0 - 8, Y - _line_h(_SMALL) / 2, _tick_label(t, ystep), _SMALL, _INK, "right")
+    draw.rectangle((x0, y0, x1, y1), outline=_INK)
+    _text(draw, (x0 + x1) / 2, y1 + 8 + _line_h(_SMALL) + 6, f"PC1 ({100 * ratio[0]:.1f} % var)", _TEXT,
+          _INK, "center")
+    _vtext(canvas, _MARGIN + _line_h(_TEXT) / 2, (y0 + y1) / 2, f"PC2 ({100 * ratio[1]:.1f} % var)", _TEXT)
+
+    # thumbnails, in a seeded order so no class always lies on top
+    order = np.random.RandomState(seed).permutation(n)
+    tiles = {}
+    for i in order:
+        k = cls[i]
+        mask = Image.fromarray(np.clip(x[i] * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        mask = mask.resize((thumb, thumb), Image.BILINEAR)
+        if k not in tiles:
+            tiles[k] = Image.new("RGB", (thumb, thumb), PALETTE[k % len(PALETTE)])
+        cx, cy = px(coords[i, 0]), py(coords[i, 1])
+        canvas.paste(tiles[k], (int(round(cx - thumb / 2)), int(round(cy - thumb / 2))), mask)
+
+    # legend
+    counts = np.bincount(np.asarray(cls, dtype=np.int64), minlength=10)
+    classes = model.card.classes
+    _text(draw, lay.swatch_boxes[0][0], lay.legend_title_y,
+          "true label" if labels is not None else "predicted class", _TEXT, _INK)
+    for k, box in enumerate(lay.swatch_boxes):
+        draw.rectangle(box, fill=PALETTE[k])
+        name = classes[k] if k < len(classes) else k
+        _text(draw, box[2] + 8, (box[1] + box[3]) / 2 - _line_h(_TEXT) / 2, f"{name}  ({counts[k]})", _TEXT)
+    last = lay.swatch_boxes[-1]
+    _draw_paragraph(draw, last[0], last[3] + 14, _wrap("(n): images of the class", _SMALL, width - last[0] - _MARGIN),
+                    _SMALL)
+    if note:
+        _text(draw, _MARGIN, height - 10 - _line_h(_SMALL), _fit(note, _SMALL, width - 2 * _MARGIN), _SMALL,
+              _MUTED)
+    return canvas
+
+
+# -- 4. summary graphic ------------------------------------------------------------------------
+_DESCRIPTIONS = {
+    "ReLUConv1": "9x9 convolution, 256 channels, ReLU",
+    "PrimaryCaps": "9x9 stride-2 convolution -> 1152 squashed 8-D capsules",
+    "PrimaryPredVects": "prediction vectors W u, one 16x8 matrix per capsule pair",
+    "DigitCaps": "routing by agreement -> 10 digit capsules",
+    "Pick": "the capsule of the longest (predicted) class",
+    "Reconstruct": "decoder: dense 512, 1024, 784 (sigmoid)",
+}
+_OUTPUTS = {
+    "DigitCaps": "probabilities (10): capsule lengths",
+    "Pick": "capsule (16)",
+    "Reconstruct": "reconstruction (1 x 28 x 28)",
+}
+
+
+def _shape(shape):
+    return " x ".join(str(int(d)) for d in shape) if shape else "?"
+
+
+def _summary_items(info):
+    """The summary graphic as drawing primitives: (size, items).
+
+    Items: ("rect", box, fill, outline), ("arrow", (x0, y0, x1, y1)),
+    ("text", x, y_top, text, size, colour, align).
+    """
+    from ._net import SUBNET_NAMES
+    from ._slices import STAGE_SHAPES
+
+    subnets = [(str(n), tuple(s), int(p)) for n, s, p in info.subnets]
+    names = [n for n, _, _ in subnets]
+    header = (f"Number of layers: {info.num_layers} | Parameter count: {info.num_params:,} | "
+              f"Trained size: {info.trained_size_mb:.0f} MB")
+    in_shape = None
+    if names and names[0] in SUBNET_NAMES:
+        i = SUBNET_NAMES.index(names[0])
+        in_shape = STAGE_SHAPES["input" if i == 0 else SUBNET_NAMES[i - 1]]
+    boxes = [("Input", "", f"{'image' if in_shape == (1, 28, 28) else 'array'} {_shape(in_shape)}",
+              "float32 in [0, 1], light ink on dark" if in_shape == (1, 28, 28) else "")]
+    for n, s, p in subnets:
+        boxes.append((n, f"{p:,} parameters", f"output {_shape(s)}", _DESCRIPTIONS.get(n, "")))
+    full = tuple(names) == tuple(SUBNET_NAMES)
+    outputs = {}
+    if full:
+        outputs = dict(_OUTPUTS)
+    elif subnets:
+        outputs = {names[-1]: f"output ({_shape(subnets[-1][1])})"}
+
+    pad, name_size = 12, 16
+    box_w = max([_text_w(a, name_size) + 24 + _text_w(b, _TEXT) for a, b, _, _ in boxes]
+                + [_text_w(c, _TEXT) for _, _, c, _ in boxes] + [_text_w(d, _SMALL) for _, _, _, d in boxes]
+                + [300]) + 2 * pad
+    box_w = int(box_w * 1.08)  # room for SVG viewers whose sans-serif runs wider
+    box_h = pad + _line_h(name_size) + 4 + _line_h(_TEXT) + 3 + _line_h(_SMALL) + pad
+    arrow_h = 28
+    out_arrow = 36
+    out_w = max([_text_w(t, _TEXT) for t in outputs.values()] + [0])
+    out_w = int(out_w * 1.08)
+    title = info.name or "net"
+    items = []
+    y = 14
+    items.append(("text", _MARGIN, y, title, _TITLE, _INK, "left"))
+    y += _line_h(_TITLE) + 6
+    items.append(("text", _MARGIN, y, header, _TEXT, _INK, "left"))
+    head_w = int(max(_text_w(title, _TITLE), _text_w(header, _TEXT)) * 1.08)
+    y += _line_h(_TEXT) + 18
+    x0 = _MARGIN
+    for i, (name, params, shape, desc) in enumerate(boxes):
+        top = y + i * (box_h + arrow_h)
+        fill = (245, 245, 245) if i == 0 else _BOX_FILL
+        items.append(("rect", (x0, top, x0 + box_w, top + box_h), fill, _BOX_EDGE))
+        ty = top + pad
+        items.append(("text", x0 + pad, ty, name, name_size, _INK, "left"))
+        if params:
+            items.append(("text", x0 + box_w - pad, ty + (_line_h(name_size) - _line_h(_TEXT)), params, _TEXT,
+                          _MUTED, "right"))
+        ty += _line_h(name_size) + 4
+        items.append(("text", x0 + pad, ty, shape, _TEXT, _INK, "left"))
+        ty += _line_h(_TEXT) + 3
+        if desc:
+            items.append(("text", x0 + pad, ty, desc, _SMALL, _MUTED, "left"))
+        if i > 0:
+            items.append(("arrow", (x0 + box_w // 2, top - arrow_h, x0 + box_w // 2, top - 1)))
+        if name in outputs and i > 0:
+            my = top + box_h // 2
+            items.append(("arrow", (x0 + box_w, my, x0 + box_w + out_arrow, my)))
+            items.append(("text", x0 + box_w + out_arrow + 6, my - _line_h(_TEXT) // 2, outputs[name], _TEXT,
+                          _INK, "left"))
+    bottom = y + len(boxes) * (box_h + arrow_h) - arrow_h
+    width = max(x0 + box_w + (out_arrow + 6 + out_w if outputs else 0), _MARGIN + head_w) + _MARGIN
+    height = bottom + _MARGIN
+    return (int(width), int(height)), items
+
+
+def _arrow_head(x0, y0, x1, y1, size=8):
+    ang = math.atan2(y1 - y0, x1 - x0)
+    left = (x1 - size * math.cos(ang - 0.45), y1 - size * math.sin(ang - 0.45))
+    right = (x1 - size * math.cos(ang + 0.45), y1 - size * math.sin(ang + 0.45))
+    return [(x1, y1), left, right]
+
+
+def summary_graphic(info):
+    """NetInformation's "SummaryGraphic": the sub-nets in order as boxes with arrows (PIL image).
+
+    Each box shows the sub-net's name, output shape and parameter count; the
+    header gives layers, parameter count and trained size.  ``info`` is a
+    :class:`~capszoo.NetInfo` (``model.info()``).
+    """
+    size, items = _summary_items(info)
+    canvas = Image.new("RGB", size, _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for it in items:
+        kind = it[0]
+        if kind == "rect":
+            draw.rounded_rectangle(it[1], radius=6, fill=it[2], outline=it[3], width=2)
+        elif kind == "arrow":
+            x0, y0, x1, y1 = it[1]
+            draw.line((x0, y0, x1, y1), fill=_INK, width=2)
+            draw.polygon(_arrow_head(x0, y0, x1, y1), fill=_INK)
+        else:
+            _, x, y, text, tsize, colour, align = it
+            _text(draw, x, y, text, tsize, colour, align)
+    return canvas
+
+
+def _hex(rgb):
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
+def summary_svg(info):
+    """The summary graphic of ``info`` as an SVG document (a string)."""
+    (w, h), items = _summary_items(info)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
+           f'<title>{escape(info.name or "net")} summary</title>',
+           f'<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>']
+    for it in items:
+        kind = it[0]
+        if kind == "rect":
+            x0, y0, x1, y1 = it[1]
+            out.append(f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="6" '
+                       f'fill="{_hex(it[2])}" stroke="{_hex(it[3])}" stroke-width="2"/>')
+        elif kind == "arrow":
+            x0, y0, x1, y1 = it[1]
+            pts = " ".join(f"{px:.1f},{py:.1f}" for px, py in _arrow_head(x0, y0, x1, y1))
+            out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="{_hex(_INK)}" stroke-width="2"/>')
+            out.append(f'<polygon points="{pts}" fill="{_hex(_INK)}"/>')
+        else:
+            _, x, y, text, tsize, colour, align = it
+            anchor = {"left": "start", "center": "middle", "right": "end"}[align]
+            out.append(f'<text x="{x}" y="{y + _ascent(tsize)}" font-size="{tsize}" fill="{_hex(colour)}" '
+                       f'text-anchor="{anchor}">{escape(text)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def parse_labels(spec, count=None):
+    """Parse comma-separated integer class labels (``"7,2,1"``); ``count`` checks how many."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    try:
+        labels = [int(p) for p in parts]
+    except ValueError:
+        raise InvalidInputError(f"cannot parse labels {spec!r}; give integers separated by commas, "
+                                f"e.g. 7,2,1") from None
+    if count is not None and len(labels) != count:
+        raise InvalidInputError(f"labels: got {len(labels)} labels for {count} images")
+    return labels
