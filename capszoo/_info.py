@@ -92,7 +92,7 @@ def net_info(net, *, name="", weights_path=None):
         size = total * 4
     return NetInfo(name=name, num_layers=len(ops), num_params=total, trained_size_bytes=size, arrays=arrays,
                    layer_types=dict(collections.Counter(ops).most_common()), subnets=tuple(subnets),
-                   weights_present=weights_path is not None)
+                   weights_present=weights_path is not None and os.path.isfile(weights_path))
 
 
 def format_info(info: NetInfo) -> str:

@@ -1,7 +1,7 @@
 """The built-in models' cards."""
 from __future__ import annotations
 
-from ._registry import ModelCard, WeightsSource, register_model  # noqa: F401
+from ._registry import ModelCard, WeightsSource, register_model
 
 MNIST_CLASSES = tuple(range(10))
 
@@ -18,12 +18,25 @@ def _build_capsnet_training(routing_iterations=3, **kwargs):
     return CapsNetTrainingNet.from_recipe(recipe, _build_capsnet(routing_iterations, **kwargs))
 
 
-#: Pretrained weights of capsnet-mnist; None until trained weights are published.
-CAPSNET_MNIST_WEIGHTS = None
+def _published(name):
+    """The weights manifest ``capszoo/pretrained/<name>.json`` written by
+    ``scripts/publish_weights.py``: ``(WeightsSource, metrics, training)``, or
+    ``(None, {}, {})`` when no weights are published."""
+    import importlib.resources
+    import json
+
+    entry = importlib.resources.files("capszoo.pretrained") / f"{name}.json"
+    if not entry.is_file():
+        return None, {}, {}
+    m = json.loads(entry.read_text(encoding="utf-8"))
+    source = WeightsSource(filename=m["filename"], sha256=m["sha256"], size_bytes=m["size_bytes"],
+                           hf_repo_id=m["hf_repo_id"], hf_revision=m["hf_revision"], bundled=m["bundled"])
+    return source, dict(m["metrics"]), dict(m.get("training", {}))
 
 
 @register_model
 def capsnet_mnist() -> ModelCard:
+    weights, metrics, training = _published("capsnet-mnist")
     return ModelCard(
         name="capsnet-mnist",
         aliases=("CapsNet Trained on MNIST Data", "capsnet"),
@@ -48,6 +61,7 @@ def capsnet_mnist() -> ModelCard:
         recipe="capsnet-mnist",
         builder=_build_capsnet,
         training_builder=_build_capsnet_training,
-        weights=CAPSNET_MNIST_WEIGHTS,
-        metrics={},
+        weights=weights,
+        metrics=metrics,
+        training=training,
     )

@@ -72,6 +72,7 @@ class ModelCard:
     training_builder: Callable = dataclasses.field(repr=False, compare=False, default=None)
     weights: Optional[WeightsSource] = None
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    training: Dict[str, object] = dataclasses.field(default_factory=dict)
 
     @property
     def file_size_mb(self) -> float:
@@ -88,6 +89,7 @@ class ModelCard:
             if isinstance(v, tuple):
                 d[k] = list(v)
         d["metrics"] = dict(self.metrics)
+        d["training"] = dict(self.training)
         return d
 
 

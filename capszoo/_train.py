@@ -133,7 +133,7 @@ def _agree_with_rank0(kv, rank, state):
     kv.broadcast(_KEY_AGREE, mine, out=theirs)
     theirs = [int(v) for v in theirs.asnumpy()]
     if theirs != list(state):
-        names = ("start epoch", "checkpoint found", "checkpoint id", "steps per epoch")
+        names = ("start epoch", "checkpoint found", "checkpoint id", "steps per epoch", "recipe and data id")
         here = ", ".join(f"{n} {a}" for n, a in zip(names, state))
         there = ", ".join(f"{n} {b}" for n, b in zip(names, theirs))
         raise DistributedError(
@@ -365,6 +365,12 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
     steps = len(tr_images) // (cfg.batch_size * num_workers)
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
+    if dist:  # first of all the job's collective operations: a worker that differs stops here
+        def crc(obj):  # 24 bits: exact in any float type
+            return zlib.crc32(json.dumps(obj, sort_keys=True, default=str).encode()) & 0xFFFFFF
+        run_id = crc({"recipe": recipe.to_dict(), "train": [len(tr_images), int(tr_labels.sum())]})
+        _agree_with_rank0(kv, rank, (int(ck["epoch"]) if ck is not None else 0, int(ck is not None),
+                                     crc(ck) if ck is not None else 0, steps, run_id))
     opt_params = {"learning_rate": recipe.optimizer.learning_rate}
     if dist_async:
         # The servers run the optimizer: the per-epoch decay goes with it as a schedule
@@ -386,8 +392,6 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         trainer.load_states(os.path.join(out_dir, ck["states"]))
         history, start_epoch, best = list(ck["history"]), int(ck["epoch"]), dict(ck["best"])
     if dist:
-        ck_id = zlib.crc32(json.dumps(ck, sort_keys=True).encode()) & 0xFFFFFF if ck is not None else 0
-        _agree_with_rank0(kv, rank, (start_epoch, int(ck is not None), ck_id, steps))
         init_diff = _broadcast_params(kv, net, ctxs)
         if init_diff > 0:
             print(f"capszoo: worker {rank}: initial weights differed from rank 0's (max abs diff {init_diff:.3g}); "

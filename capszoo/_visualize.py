@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Tuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -253,12 +253,12 @@ def _check_int(value, what, lo, hi=None):
     return int(value)
 
 
-def _run(model, images, polarity, batch_size=128):
+def _run(model, images, polarity, batch_size=128, need_reco=True):
     """Encode ``images`` and run the net once: (x numpy (N,28,28), probs, capsules, reconstructions)."""
     x = model.encode(images, polarity=polarity)
     if x.shape[0] == 0:
         raise InvalidInputError("no images given (empty batch)")
-    probs, caps, recos = model._run(x, batch_size, need_reco=True)
+    probs, caps, recos = model._run(x, batch_size, need_reco=need_reco)
     return x.asnumpy()[:, 0], probs, caps, recos
 
 
@@ -617,7 +617,7 @@ def tweak_images(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, p
     """
     dims = _check_dims(dims)
     offs = _check_offsets(offsets)
-    x, probs, caps, _ = _run(model, image, polarity)
+    x, probs, caps, _ = _run(model, image, polarity, need_reco=False)
     if len(x) != 1:
         raise InvalidInputError(f"tweak takes one image, got {len(x)}")
     lay = tweak_layout(len(dims), len(offs), scale=scale, note=note)
@@ -742,7 +742,7 @@ def _nice_ticks(lo, hi, target=6):
     mag = 10.0 ** math.floor(math.log10(raw))
     for m in (1.0, 2.0, 2.5, 5.0, 10.0):
         step = m * mag
-        if span / step <= target + 1:
+        if span / step <= target + 2:
             break
     first = math.ceil(lo / step - 1e-9)
     ticks = []
@@ -796,7 +796,7 @@ def feature_space_plot(model, images, labels=None, *, method="pca", seed=0, size
     seed = _check_int(seed, "seed", 0)
     thumb = _check_int(thumb, "thumb", 8, 56)
     lay = feature_plot_layout(size)
-    x, probs, caps, _ = _run(model, images, polarity, batch_size)
+    x, probs, caps, _ = _run(model, images, polarity, batch_size, need_reco=False)
     n = len(x)
     if n < 2:
         raise InvalidInputError(f"a feature-space plot needs at least 2 images, got {n}")
@@ -880,7 +880,7 @@ def feature_space_plot(model, images, labels=None, *, method="pca", seed=0, size
         name = classes[k] if k < len(classes) else k
         _text(draw, box[2] + 8, (box[1] + box[3]) / 2 - _line_h(_TEXT) / 2, f"{name}  ({counts[k]})", _TEXT)
     last = lay.swatch_boxes[-1]
-    _draw_paragraph(draw, last[0], last[3] + 14, _wrap("(n): images of the class", _SMALL, width - last[0] - _MARGIN),
+    _draw_paragraph(draw, last[0], last[3] + 14, _wrap("(n): count", _SMALL, width - last[0] - _MARGIN),
                     _SMALL)
     if note:
         _text(draw, _MARGIN, height - 10 - _line_h(_SMALL), _fit(note, _SMALL, width - 2 * _MARGIN), _SMALL,
@@ -939,20 +939,18 @@ def _summary_items(info):
     pad, name_size = 12, 16
     box_w = max([_text_w(a, name_size) + 24 + _text_w(b, _TEXT) for a, b, _, _ in boxes]
                 + [_text_w(c, _TEXT) for _, _, c, _ in boxes] + [_text_w(d, _SMALL) for _, _, _, d in boxes]
-                + [300]) + 2 * pad
-    box_w = int(box_w * 1.08)  # room for SVG viewers whose sans-serif runs wider
+                + [300]) + 2 * pad + 8
     box_h = pad + _line_h(name_size) + 4 + _line_h(_TEXT) + 3 + _line_h(_SMALL) + pad
     arrow_h = 28
     out_arrow = 36
     out_w = max([_text_w(t, _TEXT) for t in outputs.values()] + [0])
-    out_w = int(out_w * 1.08)
     title = info.name or "net"
     items = []
     y = 14
     items.append(("text", _MARGIN, y, title, _TITLE, _INK, "left"))
     y += _line_h(_TITLE) + 6
     items.append(("text", _MARGIN, y, header, _TEXT, _INK, "left"))
-    head_w = int(max(_text_w(title, _TITLE), _text_w(header, _TEXT)) * 1.08)
+    head_w = max(_text_w(title, _TITLE), _text_w(header, _TEXT))
     y += _line_h(_TEXT) + 18
     x0 = _MARGIN
     for i, (name, params, shape, desc) in enumerate(boxes):
@@ -1021,7 +1019,7 @@ def summary_svg(info):
     """The summary graphic of ``info`` as an SVG document (a string)."""
     (w, h), items = _summary_items(info)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif">',
+           f'font-family="Aileron, Helvetica, Arial, sans-serif">',
            f'<title>{escape(info.name or "net")} summary</title>',
            f'<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>']
     for it in items:
@@ -1038,8 +1036,11 @@ def summary_svg(info):
         else:
             _, x, y, text, tsize, colour, align = it
             anchor = {"left": "start", "center": "middle", "right": "end"}[align]
+            # textLength pins each line to the width measured with Pillow's font, so the
+            # layout holds whatever sans-serif the viewer substitutes.
             out.append(f'<text x="{x}" y="{y + _ascent(tsize)}" font-size="{tsize}" fill="{_hex(colour)}" '
-                       f'text-anchor="{anchor}">{escape(text)}</text>')
+                       f'text-anchor="{anchor}" textLength="{_text_w(text, tsize)}" '
+                       f'lengthAdjust="spacingAndGlyphs">{escape(text)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

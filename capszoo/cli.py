@@ -55,7 +55,7 @@ def list_cmd(pattern, as_json):
 @main.command("info")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="A .params file to report on.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A .params file to report on.")
 @click.option("--graphic", default=None, metavar="PATH",
               help="Also draw the summary graphic (sub-nets as boxes) into PATH: .png, .jpg or .svg.")
 def info_cmd(name, as_json, weights, graphic):
@@ -234,7 +234,8 @@ _POLARITY_CHOICE = click.Choice(["auto", "dark-on-light", "light-on-dark"])
 @click.option("--columns", type=click.IntRange(1, 100), default=None,
               help="Input/reconstruction pairs per row [default: up to 5].")
 @click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
-@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the images.")
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True,
+              help="Ink polarity of the images.")
 @click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
 def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
     """Draw each of IMAGES beside its reconstruction by model NAME, with the predicted class."""
@@ -291,7 +292,8 @@ def tweak_cmd(name, image, dims, range_spec, out, scale, weights, polarity, ctx)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample choice and the drawing order.")
 @click.option("-o", "--out", required=True, metavar="PATH", help=_OUT_HELP)
 @click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
-@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the images.")
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True,
+              help="Ink polarity of the images.")
 @click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
 def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, ctx):
     """Feature-space plot: IMAGES (or MNIST test samples) placed by PCA of their 16-D capsules."""
@@ -331,6 +333,45 @@ def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, 
     plot = feature_space_plot(model, inputs, labels, seed=seed, polarity=polarity)
     save_image(plot, out)
     click.echo(f"wrote {out}  ({len(inputs)} images, {plot.width} x {plot.height})")
+
+
+@main.command("launch", context_settings={"allow_interspersed_args": False})
+@click.option("-n", "--workers", "num_workers", type=int, required=True, help="Number of workers (>= 1).")
+@click.option("-s", "--servers", "num_servers", type=int, default=1, show_default=True,
+              help="Number of parameter servers (>= 1).")
+@click.option("--hosts", "hosts_file", type=click.Path(dir_okay=False), default=None,
+              help="Host file, one [user@]host[:ssh_port] per line: servers and workers go round-robin over the "
+                   "hosts through ssh; the scheduler runs here.")
+@click.option("--local", is_flag=True, help="Run every process on this machine over 127.0.0.1 (the default).")
+@click.option("--port", type=int, default=None, help="Scheduler port [default: a free one].")
+@click.option("--scheduler-host", default=None,
+              help="This machine's address as the hosts reach it (--hosts; default: worked out).")
+@click.option("--interface", default=None, help="Network interface of the remote nodes (DMLC_INTERFACE).")
+@click.option("--env", "env_vars", multiple=True, metavar="NAME[=VALUE]",
+              help="Set (or, with NAME alone, forward) a variable for every process; repeatable.")
+@click.option("--remote-dir", default=None, help="Directory to run in on the hosts [default: the current one].")
+@click.option("--ssh", "ssh_cmd", default="ssh", show_default=True, help="ssh client command.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop the job (and fail) after this many seconds.")
+@click.option("--dry-run", is_flag=True, help="Print the command line of every process and exit.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def launch_cmd(num_workers, num_servers, hosts_file, local, port, scheduler_host, interface, env_vars, remote_dir,
+               ssh_cmd, timeout, dry_run, command):
+    """Run COMMAND as the workers of an MXNet parameter-server job.
+
+    \b
+    Example (2 workers, 1 server, this machine):
+      capszoo launch -n 2 -s 1 -- capszoo train capsnet-mnist --kvstore dist_sync
+    See docs/distributed.md for several machines.
+    """
+    from ._launch import launch
+    from .errors import DistributedError
+
+    if local and hosts_file:
+        raise DistributedError("--local and --hosts exclude each other: --local runs every process here")
+    launch(list(command), num_workers=num_workers, num_servers=num_servers, hosts_file=hosts_file, port=port,
+           scheduler_host=scheduler_host, interface=interface, env=env_vars, ssh=ssh_cmd, remote_dir=remote_dir,
+           timeout=timeout, dry_run=dry_run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,56 @@
+"""The published (bundled) weights: the card's figures checked against the real file and net."""
+import os
+
+import pytest
+
+import capszoo
+from capszoo._hub import bundled_dir
+from capszoo._weights import read_params, sha256_file
+from capszoo.errors import WeightsNotAvailableError
+
+CARD = capszoo.get_card("capsnet-mnist")
+published = pytest.mark.skipif(CARD.weights is None, reason="no weights published yet")
+
+
+@pytest.mark.skipif(CARD.weights is not None, reason="weights are published")
+def test_no_random_weights_handed_out_as_pretrained():
+    with pytest.raises(WeightsNotAvailableError, match="no pretrained weights are published for capsnet-mnist"):
+        capszoo.load("capsnet-mnist")
+
+
+@published
+def test_bundled_file_matches_card():
+    path = bundled_dir() / CARD.weights.filename
+    assert CARD.weights.bundled and path.is_file()
+    assert os.path.getsize(path) == CARD.weights.size_bytes
+    assert sha256_file(path) == CARD.weights.sha256
+    arrays = read_params(path)
+    assert sum(a.size for a in arrays.values()) == CARD.num_params == 8_141_840
+    assert round(CARD.weights.size_bytes / 1e6) == 33
+
+
+@published
+def test_pretrained_accuracy_is_the_cards(mnist_test):
+    images, labels = mnist_test
+    model = capszoo.load("capsnet-mnist")
+    assert model.weights_path == str(bundled_dir() / CARD.weights.filename)
+    result = capszoo.evaluate(model, images, labels)
+    assert result.accuracy == pytest.approx(CARD.metrics["test_accuracy"], abs=1e-9)
+    assert result.errors == CARD.metrics["test_errors"]
+
+
+@published
+def test_example_digits_classified(tmp_path):
+    from click.testing import CliRunner
+    from capszoo.cli import main
+
+    here = os.path.join(os.path.dirname(__file__), "..", "examples", "digits")
+    files = sorted(os.path.join(here, f) for f in os.listdir(here))
+    r = CliRunner().invoke(main, ["classify", "capsnet-mnist", *files, "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+    words = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+             "nine": 9}
+    got = {os.path.basename(e["file"]): e["class"] for e in json.loads(r.output)}
+    expected = {os.path.basename(f): words[os.path.basename(f).split("-")[0]] for f in files}
+    assert got == expected

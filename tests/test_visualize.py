@@ -1,0 +1,406 @@
+"""Pictures: reconstruction panel, pose-tweak grid, feature-space plot, summary graphic, their CLI.
+
+The seeded random net draws no digits, so these tests check structure and the
+relations that hold for any weights: tiles show exactly what the model returns,
+at the places the layout says; sizes follow from rows and columns; the offset-0
+column is the untweaked reconstruction; rendering is deterministic.  One test
+checks real reconstructions and runs only when trained weights are available.
+"""
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import capszoo
+from capszoo import _visualize as vis
+from capszoo.cli import main
+from capszoo.errors import CapszooError, ExportError, InvalidInputError
+
+SUBNETS = ("ReLUConv1", "PrimaryCaps", "PrimaryPredVects", "DigitCaps", "Pick", "Reconstruct")
+
+
+def _tiled(img28, scale):
+    """What a tile of ``img28`` (PIL L or [0, 255] array) enlarged ``scale`` times must hold."""
+    return np.kron(np.asarray(img28, dtype=np.uint8), np.ones((scale, scale), dtype=np.uint8))
+
+
+def _grey_region(picture, box):
+    """The pixels of ``box`` as one grey channel (asserting the region is grey: R == G == B)."""
+    a = np.asarray(picture.crop(box))
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+    return a[..., 0]
+
+
+def _as_uint8(x):
+    return np.clip(np.asarray(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- reconstruction panel ----------------------------------------------------------------------
+def test_reconstruction_panel_shows_inputs_and_reconstructions(seeded_model, mnist_test):
+    images, labels = mnist_test
+    n = 7
+    panel, recos = vis.reconstruction_panel(seeded_model, list(images[:n]), labels=labels[:n], columns=3,
+                                            return_images=True)
+    expected = seeded_model(list(images[:n]), prop="Reconstruction")
+    inputs = seeded_model.encode(list(images[:n])).asnumpy()[:, 0]
+    lay = vis.reconstruction_layout(n, columns=3, labels=True)
+    assert panel.mode == "RGB" and panel.size == lay.size
+    assert lay.rows == 3 and lay.tile == 84
+    for i in range(n):
+        assert np.array_equal(np.asarray(recos[i]), np.asarray(expected[i]))
+        assert np.array_equal(_grey_region(panel, lay.reconstruction_box(i)), _tiled(expected[i], 3))
+        assert np.array_equal(_grey_region(panel, lay.input_box(i)), _tiled(_as_uint8(inputs[i]), 3))
+    # captions: red exactly under the wrong predictions
+    pred = seeded_model(list(images[:n]))
+    for i in range(n):
+        x0, _, _, y1 = lay.input_box(i)
+        cap = np.asarray(panel.crop((x0, y1 + 2, lay.reconstruction_box(i)[2], y1 + 26))).astype(int)
+        assert (cap.sum(axis=2) < 600).any(), "caption missing"
+        red = ((cap[..., 0] - cap[..., 1]) > 60).any()
+        assert red == (pred[i] != labels[i])
+    # the plain call returns just the picture, and the same pixels
+    again = vis.reconstruction_panel(seeded_model, list(images[:n]), labels=labels[:n], columns=3)
+    assert isinstance(again, Image.Image) and again.tobytes() == panel.tobytes()
+
+
+def test_reconstruction_layout_size_follows_rows_and_columns():
+    w = [vis.reconstruction_layout(c, columns=c).size[0] for c in (3, 4, 5, 6)]
+    pitch = vis.reconstruction_layout(3, columns=3).pair_pitch
+    assert pitch[0] == 2 * 84 + 6 + 28
+    assert [b - a for a, b in zip(w, w[1:])] == [pitch[0]] * 3
+    h = [vis.reconstruction_layout(3 * r, columns=3).size[1] for r in (1, 2, 3, 4)]
+    assert [b - a for a, b in zip(h, h[1:])] == [pitch[1]] * 3
+    big = vis.reconstruction_layout(4, columns=4, scale=5)
+    assert big.tile == 140 and big.reconstruction_box(3)[2] - big.input_box(0)[0] == 4 * (2 * 140 + 6) + 3 * 28
+    # a lone pair is centred in the minimum width
+    one = vis.reconstruction_layout(1)
+    assert one.size[0] == 540 and one.columns == 1
+
+
+def test_reconstruction_panel_bad_labels(seeded_model, mnist_test):
+    images, _ = mnist_test
+    with pytest.raises(InvalidInputError, match="2 labels for 3 images"):
+        vis.reconstruction_panel(seeded_model, list(images[:3]), labels=[1, 2])
+    with pytest.raises(InvalidInputError, match="12 is not a class"):
+        vis.reconstruction_panel(seeded_model, list(images[:2]), labels=[1, 12])
+
+
+# -- pose tweaks -------------------------------------------------------------------------------
+def test_default_offsets_are_the_keras_grid():
+    o = vis.DEFAULT_OFFSETS
+    assert len(o) == 11 and o[0] == -0.25 and o[-1] == 0.25 and o[5] == 0.0
+    assert np.allclose(np.diff(o), 0.05)
+    d = vis._offset_decimals(o)
+    assert [vis._offset_label(v, d) for v in o[[0, 5, 10]]] == ["-0.25", "0.00", "+0.25"]
+
+
+def test_tweak_grid_cells_and_the_untweaked_column(seeded_model, mnist_test):
+    images, _ = mnist_test
+    img = images[0]
+    dims = [11, 14, 16]
+    cells, grid = vis.tweak_images(seeded_model, img, dims=dims)
+    assert len(cells) == 3 and all(len(row) == 11 for row in cells)
+    assert all(c.size == (28, 28) and c.mode == "L" for row in cells for c in row)
+    lay = vis.tweak_layout(3, 11)
+    assert grid.size == lay.size and lay.tile == 56
+    feature = seeded_model.features(img)[0]
+    base = seeded_model.reconstruct(feature)
+    full = seeded_model(img, prop="Reconstruction")
+    for r in range(3):
+        assert np.array_equal(np.asarray(cells[r][5]), np.asarray(base))  # offset 0, pixel for pixel
+        for c in range(11):
+            assert np.array_equal(_grey_region(grid, lay.cell_box(r, c)), _tiled(cells[r][c], 2))
+    assert np.abs(np.asarray(base, int) - np.asarray(full, int)).max() <= 1
+    # a tweaked cell is the reconstruction of capsule + offset * e_dim
+    v = feature.astype(np.float64).copy()
+    v[14 - 1] += -0.25
+    assert np.abs(np.asarray(cells[1][0], int) - np.asarray(seeded_model.reconstruct(v), int)).max() <= 1
+    # the input is shown beside the grid
+    x = seeded_model.encode(img).asnumpy()[0, 0]
+    assert np.array_equal(_grey_region(grid, lay.input_box()), _tiled(_as_uint8(x), 2))
+    with pytest.raises(IndexError):
+        lay.cell_box(3, 0)
+
+
+def test_tweak_grid_default_is_16_by_11_and_sizes_follow(seeded_model, mnist_test):
+    images, _ = mnist_test
+    grid = vis.tweak_grid(seeded_model, images[1], scale=1)
+    assert grid.size == vis.tweak_layout(16, 11, scale=1).size
+    a, b = vis.tweak_layout(8, 11).size, vis.tweak_layout(9, 11).size
+    assert a[0] == b[0] and b[1] - a[1] == 56 + 8
+    a, b = vis.tweak_layout(16, 11).size, vis.tweak_layout(16, 12).size
+    assert b[0] - a[0] == 56 + 8 and a[1] == b[1]
+    cells, _ = vis.tweak_images(seeded_model, images[1], dims="all", offsets=[-0.1, 0.1])
+    assert len(cells) == 16 and len(cells[0]) == 2
+
+
+def test_parse_dims_and_range():
+    assert vis.parse_dims("11,14,16") == [11, 14, 16]
+    assert vis.parse_dims(" all ") == list(range(1, 17))
+    assert vis.parse_dims("1, 16") == [1, 16]
+    assert np.allclose(vis.parse_range("-0.25:0.25:0.05"), vis.DEFAULT_OFFSETS)
+    assert vis.parse_range("-0.25:0.25:0.05")[5] == 0.0
+    assert list(vis.parse_range("0:1:0.5")) == [0.0, 0.5, 1.0]
+    assert list(vis.parse_range("0.1:0.1")) == [0.1]
+    assert len(vis.parse_range("-0.2:0.2")) == 9
+    for bad, msg in [("0", "1..16"), ("17", "1..16"), ("", "empty"), ("a", "not an integer"),
+                     ("1,,2", "not an integer"), ("3,3", "twice"), ("-1", "1..16")]:
+        with pytest.raises(InvalidInputError, match=msg):
+            vis.parse_dims(bad)
+    for bad, msg in [("0.25:-0.25:0.05", "reversed"), ("0:1:0", "step must be positive"),
+                     ("0:1:-0.1", "step must be positive"), ("a:b:c", "cannot parse"), ("1", "cannot parse"),
+                     ("0:100:0.01", "at most 41"), ("nan:1:0.1", "non-finite"), ("", "cannot parse")]:
+        with pytest.raises(InvalidInputError, match=msg):
+            vis.parse_range(bad)
+
+
+def test_tweak_images_bad_arguments(seeded_model, mnist_test):
+    images, _ = mnist_test
+    for dims in ([0], [17], [], [2.5], [True]):
+        with pytest.raises(InvalidInputError):
+            vis.tweak_images(seeded_model, images[0], dims=dims)
+    for offsets in ([], [np.nan], np.zeros((2, 2)), np.zeros(42)):
+        with pytest.raises(InvalidInputError):
+            vis.tweak_images(seeded_model, images[0], offsets=offsets)
+    with pytest.raises(InvalidInputError, match="one image"):
+        vis.tweak_images(seeded_model, images[:2])
+
+
+# -- feature space -----------------------------------------------------------------------------
+def test_project_features_is_pca():
+    rng = np.random.RandomState(0)
+    f = rng.randn(200, 16) @ np.diag(np.linspace(3, 0.1, 16))
+    coords, ratio = vis.project_features(f)
+    assert coords.shape == (200, 2) and ratio[0] >= ratio[1] > 0 and ratio.sum() < 1
+    assert abs(np.corrcoef(coords.T)[0, 1]) < 1e-8
+    w, v = np.linalg.eigh(np.cov((f - f.mean(0)).T))
+    top = v[:, ::-1][:, :2]
+    assert np.allclose(np.abs(coords), np.abs((f - f.mean(0)) @ top))
+    assert np.allclose(ratio, w[::-1][:2] / w.sum())
+    assert np.array_equal(vis.project_features(f)[0], coords)
+    with pytest.raises(InvalidInputError, match="at least 2"):
+        vis.project_features(f[:1])
+    with pytest.raises(InvalidInputError, match="unknown projection"):
+        vis.project_features(f, "tsne")
+
+
+def test_feature_plot_is_deterministic_with_ten_legend_entries(seeded_model, mnist_test):
+    images, labels = mnist_test
+    sel = slice(0, 60)
+
+    def png(seed):
+        buf = io.BytesIO()
+        vis.feature_space_plot(seeded_model, images[sel], labels[sel], seed=seed).save(buf, format="PNG")
+        return buf.getvalue()
+
+    a, b = png(0), png(0)
+    assert a == b
+    assert png(1) != a  # the seed changes which thumbnail lies on top
+    plot = Image.open(io.BytesIO(a)).convert("RGB")
+    lay = vis.feature_plot_layout()
+    assert plot.size == lay.size == (1000, 760)
+    assert len(lay.swatch_boxes) == 10 and len(set(vis.PALETTE)) == 10
+    for k, (x0, y0, x1, y1) in enumerate(lay.swatch_boxes):
+        assert plot.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == vis.PALETTE[k]
+    x0, y0, x1, y1 = lay.swatch_boxes[-1]
+    pitch = y0 - lay.swatch_boxes[-2][1]
+    assert plot.getpixel(((x0 + x1) // 2, (y0 + y1) // 2 + pitch)) == (255, 255, 255)  # no 11th entry
+    # every class present has thumbnails of its colour inside the plot
+    px = np.asarray(plot.crop(lay.plot_box)).astype(int)
+    for k in set(int(v) for v in labels[sel]):
+        assert (np.abs(px - np.array(vis.PALETTE[k])).sum(axis=2) < 25).any(), k
+
+
+def test_feature_plot_bad_arguments(seeded_model, mnist_test):
+    images, labels = mnist_test
+    with pytest.raises(InvalidInputError, match="unknown projection"):
+        vis.feature_space_plot(seeded_model, images[:5], method="tsne")
+    with pytest.raises(InvalidInputError, match="at least 2 images"):
+        vis.feature_space_plot(seeded_model, images[:1])
+    with pytest.raises(InvalidInputError, match="3 labels for 5 images"):
+        vis.feature_space_plot(seeded_model, images[:5], labels[:3])
+    with pytest.raises(InvalidInputError, match="size"):
+        vis.feature_space_plot(seeded_model, images[:5], size=(10, 10))
+
+
+# -- summary graphic ---------------------------------------------------------------------------
+def test_summary_graphic_svg_and_png(seeded_model, tmp_path):
+    info = seeded_model.info()
+    svg = vis.summary_svg(info)
+    root = ET.fromstring(svg)
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    names = [t for t in texts if t in SUBNETS]
+    assert names == list(SUBNETS)  # every sub-net, once, in data-flow order
+    assert "Input" in texts
+    header = next(t for t in texts if t.startswith("Number of layers"))
+    assert header == "Number of layers: 76 | Parameter count: 8,141,840 | Trained size: 33 MB"
+    assert "5,308,672 parameters" in texts and "output 10 x 1152 x 16" in texts
+    assert len(list(root.iter("{http://www.w3.org/2000/svg}rect"))) == 1 + 7  # background + 7 boxes
+    img = vis.summary_graphic(info)
+    size, _ = vis._summary_items(info)
+    assert img.size == size and img.mode == "RGB" and int(root.get("width")) == size[0]
+    vis.save_summary(info, tmp_path / "s.svg")
+    vis.save_summary(info, tmp_path / "s.png")
+    assert (tmp_path / "s.svg").read_text() == svg
+    assert Image.open(tmp_path / "s.png").size == size
+    assert sorted(os.listdir(tmp_path)) == ["s.png", "s.svg"]
+
+
+# -- output files ------------------------------------------------------------------------------
+def test_output_paths_are_checked_and_written_atomically(tmp_path, monkeypatch):
+    img = Image.new("RGB", (30, 20), (1, 2, 3))
+    assert vis.save_image(img, tmp_path / "a.png") == tmp_path / "a.png"
+    vis.save_image(img, tmp_path / "a.JPG")
+    assert Image.open(tmp_path / "a.JPG").format == "JPEG"
+    with pytest.raises(InvalidInputError, match=r"unknown extension '\.gif'.*\.png, \.jpg, \.jpeg$"):
+        vis.save_image(img, tmp_path / "a.gif")
+    with pytest.raises(InvalidInputError, match=r"\.svg"):
+        vis.check_output_path(tmp_path / "a.pdf", svg=True)
+    with pytest.raises(InvalidInputError, match="no file extension"):
+        vis.save_image(img, tmp_path / "noext")
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "d.png").mkdir()
+    for bad, msg in [(tmp_path / "missing" / "a.png", "does not exist"),
+                     (tmp_path / "file.txt" / "a.png", "not a folder"),
+                     (tmp_path / "d.png", "is a folder")]:
+        with pytest.raises(ExportError, match=msg):
+            vis.save_image(img, bad)
+
+    def broken_save(self, fp, format=None, **kw):
+        with open(fp, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(ExportError, match="No space left"):
+        vis.save_image(img, tmp_path / "b.png")
+    assert sorted(os.listdir(tmp_path)) == ["a.JPG", "a.png", "d.png", "file.txt"]
+
+
+# -- command line ------------------------------------------------------------------------------
+@pytest.fixture
+def digit_files(tmp_path, mnist_test):
+    images, _ = mnist_test
+    files = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.png"
+        Image.fromarray(images[i]).save(p)
+        files.append(str(p))
+    return files
+
+
+def test_cli_reconstruct_tweak_features_info(digit_files, seeded_weights, mnist_dir, tmp_path):
+    runner = CliRunner()
+    w = ["--weights", seeded_weights]
+    out = tmp_path / "rec.png"
+    r = runner.invoke(main, ["reconstruct", "capsnet-mnist", *digit_files, "-o", str(out), "--labels", "7,2,1", *w])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == vis.reconstruction_layout(3, labels=True).size
+    assert r.output.startswith(f"wrote {out}")
+
+    out = tmp_path / "grid.png"
+    r = runner.invoke(main, ["tweak", "capsnet-mnist", digit_files[0], "--dims", "11,14,16",
+                             "--range", "-0.25:0.25:0.05", "-o", str(out), *w])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == vis.tweak_layout(3, 11).size
+    out = tmp_path / "grid.jpg"
+    r = runner.invoke(main, ["tweak", "capsnet-mnist", digit_files[0], "--range=-0.1:0.1:0.1", "-o", str(out), *w])
+    assert r.exit_code == 0, r.output
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == vis.tweak_layout(16, 3).size
+
+    out = tmp_path / "feat.png"
+    r = runner.invoke(main, ["features", "capsnet-mnist", "--data-dir", str(mnist_dir), "--samples", "40",
+                             "--seed", "3", "-o", str(out), *w])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (1000, 760) and "40 images" in r.output
+    out2 = tmp_path / "feat2.png"
+    r = runner.invoke(main, ["features", "capsnet-mnist", "--data-dir", str(mnist_dir), "--samples", "40",
+                             "--seed", "3", "-o", str(out2), *w])
+    assert out.read_bytes() == out2.read_bytes()
+    r = runner.invoke(main, ["features", "capsnet-mnist", *digit_files, "-o", str(out2), *w])
+    assert r.exit_code == 0, r.output
+
+    out = tmp_path / "summary.svg"
+    r = runner.invoke(main, ["info", "capsnet-mnist", "--graphic", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].startswith("Number of layers: 76") and r.stderr == f"wrote {out}\n"
+    text = out.read_text()
+    assert all(f">{n}<" in text for n in SUBNETS) and "8,141,840" in text
+    r = runner.invoke(main, ["info", "capsnet-mnist", "--graphic", str(tmp_path / "summary.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["num_params"] == 8_141_840
+    info = capszoo.net_info(capszoo.CapsNet(), name="capsnet-mnist")
+    assert Image.open(tmp_path / "summary.png").size == vis._summary_items(info)[0]
+
+
+@pytest.mark.parametrize("case", [
+    "dims0", "dims17", "reversed", "step0", "badrange", "no-images-reconstruct", "no-images-features",
+    "too-many-samples", "missing-folder", "parent-is-file", "unknown-ext", "unknown-ext-info", "bad-labels",
+    "images-and-data",
+])
+def test_cli_bad_inputs_are_one_line_errors(case, digit_files, seeded_weights, mnist_dir, tmp_path):
+    out = str(tmp_path / "out.png")
+    w = ["--weights", seeded_weights]
+    img = digit_files[0]
+    args, expect = {
+        "dims0": (["tweak", "capsnet-mnist", img, "--dims", "0", "-o", out, *w], "1..16"),
+        "dims17": (["tweak", "capsnet-mnist", img, "--dims", "11,17", "-o", out, *w], "got 17"),
+        "reversed": (["tweak", "capsnet-mnist", img, "--range", "0.25:-0.25:0.05", "-o", out, *w], "reversed"),
+        "step0": (["tweak", "capsnet-mnist", img, "--range", "-0.25:0.25:0", "-o", out, *w], "step"),
+        "badrange": (["tweak", "capsnet-mnist", img, "--range", "x:y", "-o", out, *w], "cannot parse"),
+        "no-images-reconstruct": (["reconstruct", "capsnet-mnist", "-o", out, *w], "no images"),
+        "no-images-features": (["features", "capsnet-mnist", "-o", out, *w], "no images"),
+        "too-many-samples": (["features", "capsnet-mnist", "--data-dir", str(mnist_dir), "--samples", "10001",
+                              "-o", out, *w], "more than the 10000"),
+        "missing-folder": (["reconstruct", "capsnet-mnist", img, "-o", str(tmp_path / "nope" / "o.png"), *w],
+                           "does not exist"),
+        "parent-is-file": (["tweak", "capsnet-mnist", img, "-o", os.path.join(img, "o.png"), *w], "not a folder"),
+        "unknown-ext": (["reconstruct", "capsnet-mnist", img, "-o", str(tmp_path / "out.gif"), *w],
+                        "unknown extension '.gif'"),
+        "unknown-ext-info": (["info", "capsnet-mnist", "--graphic", str(tmp_path / "out.pdf")], ".svg"),
+        "bad-labels": (["reconstruct", "capsnet-mnist", img, "--labels", "1,2", "-o", out, *w], "2 labels"),
+        "images-and-data": (["features", "capsnet-mnist", img, "--data-dir", str(mnist_dir), "-o", out, *w],
+                            "not both"),
+    }[case]
+    before = sorted(os.listdir(tmp_path))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expect in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file
+
+
+# -- trained weights ---------------------------------------------------------------------------
+#: Mean absolute pixel error (pixels in [0, 1]) allowed between a test digit and its reconstruction.
+RECONSTRUCTION_MAE_BOUND = 0.1
+
+
+def check_trained_reconstructions(model, images, labels):
+    """The first test digit (a 7) is classified right, reconstructed within the bound, and its
+    reconstruction is nearer to it than to any other-class digit among the first ten."""
+    x = model.encode(list(images[:10])).asnumpy()[:, 0]
+    recos = np.stack([np.asarray(r, dtype=np.float64) / 255.0
+                      for r in model(list(images[:10]), prop="Reconstruction")])
+    assert model(images[0]) == int(labels[0])
+    mae = float(np.abs(recos[0] - x[0]).mean())
+    assert mae < RECONSTRUCTION_MAE_BOUND, f"mean abs error {mae:.3f}"
+    others = [i for i in range(1, 10) if labels[i] != labels[0]]
+    assert all(mae < float(np.abs(recos[0] - x[i]).mean()) for i in others)
+
+
+def test_trained_reconstruction_is_close_to_the_digit(mnist_test):
+    try:
+        model = capszoo.load("capsnet-mnist")
+    except CapszooError as exc:
+        pytest.skip(f"trained weights not available (capszoo.load('capsnet-mnist'): {exc})")
+    images, labels = mnist_test
+    check_trained_reconstructions(model, images, labels)
+    panel = vis.reconstruction_panel(model, list(images[:10]), labels=labels[:10])
+    assert panel.size == vis.reconstruction_layout(10, labels=True).size
