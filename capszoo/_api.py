@@ -240,20 +240,27 @@ def get_model(name, *, pretrained=True, ctx=None, weights=None, routing_iteratio
     routing_iterations : int, optional
         Override the routing iterations (the weights do not depend on it).
     """
-    from ._context import parse_ctx
-
     card = get_card(name)
-    kwargs = {} if routing_iterations is None else {"routing_iterations": routing_iterations}
-    net = card.builder(**kwargs)
     if not pretrained and weights is None:
-        return net
-    ctxs = parse_ctx(ctx)
+        return card.builder(**_net_kwargs(routing_iterations))
+    return _pretrained_net(card, ctx, weights, routing_iterations)[0]
+
+
+def _net_kwargs(routing_iterations):
+    return {} if routing_iterations is None else {"routing_iterations": routing_iterations}
+
+
+def _pretrained_net(card, ctx, weights, routing_iterations):
+    """``(net, weights path)``: the card's net with verified weights loaded on ``ctx``."""
+    from ._context import parse_ctx
     from ._hub import resolve_weights
     from ._weights import load_params_into
+
+    ctxs = parse_ctx(ctx)
+    net = card.builder(**_net_kwargs(routing_iterations))
     path = resolve_weights(card, path=weights)
     load_params_into(net, path, ctx=ctxs)
-    net._capszoo_weights_path = path
-    return net
+    return net, path
 
 
 def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="float32",
@@ -294,13 +301,12 @@ def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="
     if variant is not None and variant not in VARIANTS:
         raise InvalidInputError(f"unknown variant {variant!r}; use one of: {', '.join(VARIANTS)}")
     _check_dtype(dtype)
-    kwargs = {} if routing_iterations is None else {"routing_iterations": routing_iterations}
     if variant == "TrainingNet":
-        return card.training_builder(**kwargs)
+        return card.training_builder(**_net_kwargs(routing_iterations))
     if variant == "UninitializedEvaluationNet":
-        return card.builder(**kwargs)
+        return card.builder(**_net_kwargs(routing_iterations))
     from ._context import parse_ctx
     ctxs = parse_ctx(ctx)
-    net = get_model(card.name, ctx=ctxs, weights=weights, routing_iterations=routing_iterations)
+    net, path = _pretrained_net(card, ctxs, weights, routing_iterations)
     net.hybridize(static_alloc=True)
-    return CapsNetModel(card, net, ctxs, weights_path=net._capszoo_weights_path, dtype=dtype)
+    return CapsNetModel(card, net, ctxs, weights_path=path, dtype=dtype)

@@ -464,19 +464,21 @@ def _run(nodes, *, timeout=None, out=None, err=None):
                 failure = f"the job did not finish within --timeout {timeout:g} s"
                 break
     finally:
-        _stop_all(running, output, say if failure else None)
+        _stop_all(running, output)
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if failure:
-        raise DistributedError(failure if "interrupted" in failure else f"{failure}; stopped the job ({_count(running)})")
+        if "interrupted" not in failure:
+            failure = f"{failure}; stopped the job ({_stopped(running)})"
+        raise DistributedError(failure)
     return 0
 
 
-def _count(running):
+def _stopped(running):
     return ", ".join(r.node.label for r in running if r.stopped_by_us) or "nothing else was running"
 
 
-def _stop_all(running, output, say):
+def _stop_all(running, output):
     """SIGTERM every process group, SIGKILL what is left after KILL_GRACE, reap everything."""
     alive = [r for r in running if r.check() is None]
     for r in alive:

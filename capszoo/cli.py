@@ -374,5 +374,24 @@ def launch_cmd(num_workers, num_servers, hosts_file, local, port, scheduler_host
            timeout=timeout, dry_run=dry_run)
 
 
+@main.command("graph")
+@click.argument("file", metavar="FILE")
+@click.option("-o", "--out", required=True, metavar="PATH", help="Output picture: .svg or .png (written atomically).")
+@click.option("--title", default=None, help="Heading of the picture [default: Node graph of FILE's name].")
+def graph_cmd(file, out, title):
+    """Draw the node graph of an exported MXNet symbol FILE (<prefix>-symbol.json), like NodeGraphPlot."""
+    import pathlib
+
+    from ._graph import check_graph_output, load_symbol_graph, save_graph
+
+    check_graph_output(out)
+    graph = load_symbol_graph(pathlib.Path(file))  # always a path here, even if the name starts with "{"
+    lay = save_graph(graph, out, title=title)
+    if graph.unknown_ops:
+        click.echo(f"note: operators not known to capszoo, drawn in red: {', '.join(graph.unknown_ops)}", err=True)
+    click.echo(f"wrote {out}  ({lay.num_ops} operator nodes in {lay.columns} column{'s' if lay.columns > 1 else ''}, "
+               f"{lay.size[0]} x {lay.size[1]})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

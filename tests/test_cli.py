@@ -16,7 +16,9 @@ def runner():
 def test_help_on_every_command(runner):
     r = runner.invoke(main, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("list", "info", "classify", "evaluate", "train", "export"):
+    assert {"list", "info", "classify", "evaluate", "train", "export", "launch", "reconstruct", "tweak",
+            "features"} <= set(main.commands)
+    for cmd in main.commands:
         assert cmd in r.output
         sub = runner.invoke(main, [cmd, "--help"])
         assert sub.exit_code == 0 and "Usage:" in sub.output
