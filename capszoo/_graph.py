@@ -27,7 +27,7 @@ biases) are not boxes but small dots on the box that uses them.  The input
 variables and the outputs (the graph's heads; an exporter's ``_copy`` node
 naming an output becomes that output's marker) are dark pills.  A long graph is
 wrapped into columns, read left to right, so that the text stays at its
-natural size (14 px labels, 12 px names): the CapsNet's 69 layers fit in five
+natural size (14 px labels, 12 px names): the CapsNet's 69 layers fit in four
 columns.  Output is SVG (one ``<g class="op">`` per operator box) or PNG,
 by extension, written atomically.
 """
@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 
 from . import _visualize as _vis
 from ._io import atomic_write_bytes
-from ._visualize import _arrow_head, _fit, _font, _hex, _line_h, _text, _text_w, _wrap
+from ._visualize import _arrow_head, _fit, _hex, _line_h, _text, _text_w, _wrap
 from .errors import ExportError, GraphFormatError, InvalidInputError
 
 __all__ = [
@@ -83,7 +83,7 @@ MAX_DRAWN_NODES = 3000
 #: Most routing points of long edges a drawing may hold.
 MAX_LANE_POINTS = 60_000
 #: Largest PNG drawn (pixels); use SVG beyond it.
-MAX_PNG_PIXELS = 80_000_000
+MAX_PNG_PIXELS = 40_000_000
 
 _REMEDY = "export the model again with `capszoo export`"
 
@@ -97,7 +97,7 @@ class Node:
     op: str
     name: str
     inputs: Tuple[Tuple[int, int], ...]
-    attrs: Mapping[str, str]
+    attrs: Mapping[str, str] = dataclasses.field(hash=False)
 
     @property
     def is_variable(self):
@@ -111,7 +111,7 @@ class Graph:
     nodes: Tuple[Node, ...]
     heads: Tuple[Tuple[int, int], ...]
     arg_nodes: Tuple[int, ...]
-    attrs: Mapping[str, object]
+    attrs: Mapping[str, object] = dataclasses.field(hash=False)
     source: Optional[str] = None
 
     @property
@@ -125,7 +125,7 @@ class Graph:
 
     @property
     def unknown_ops(self):
-        """Sorted operator names this module does not know (drawn grey and dashed, listed under the graph)."""
+        """Sorted operator names this module does not know (drawn red and dashed, listed under the graph)."""
         return sorted({n.op for n in self.op_nodes if op_family(n.op) == "unknown"})
 
     @property
@@ -275,7 +275,8 @@ def _check_doc(doc, where, source):
             src, out = _check_entry(entry, at, f"input {j}", n)
             if src >= i:
                 raise GraphFormatError(
-                    f"{at}: input {j} refers to {'the node itself' if src == i else f'node {src}, which comes after it'}"
+                    f"{at}: input {j} refers to "
+                    f"{'the node itself' if src == i else f'node {src}, which comes after it'}"
                     " (MXNet stores nodes in topological order, so this is a cycle or a corrupted file); "
                     f"{_REMEDY}")
             if out and nodes[src].is_variable:
@@ -652,7 +653,7 @@ class GraphLayout:
     dashed)``; ``("line", points, colour, width)`` (a polyline);
     ``("curve", p0, p1, p2, p3, colour, width)`` (a cubic Bezier);
     ``("arrow", points, colour)`` (a filled triangle); ``("dot", cx, cy, r,
-    colour)``; ``("text", x, y_top, text, size, colour, align)``.
+    colour, cls)``; ``("text", x, y_top, text, size, colour, align)``.
     """
 
     size: Tuple[int, int]
@@ -733,6 +734,16 @@ def _partition(num_layers, cross, k):
     if k <= 1:
         return [(0, num_layers)]
     ideal = num_layers / k
+    if num_layers > 200:  # greedy: each cut where fewest edges cross, near its ideal place
+        cuts, prev = [0], 0
+        for j in range(1, k):
+            target = j * ideal
+            lo = max(prev + 1, int(target - 0.2 * ideal))
+            hi = max(lo, min(num_layers - (k - j), int(target + 0.2 * ideal)))
+            prev = min(range(lo, hi + 1), key=lambda c: (30.0 * cross[c] + (c - target) ** 2, c))
+            cuts.append(prev)
+        cuts.append(num_layers)
+        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
     inf = float("inf")
     # best[j][b]: cost of splitting layers 0..b-1 into j runs
     best = [[inf] * (num_layers + 1) for _ in range(k + 1)]
@@ -764,18 +775,21 @@ def _names(names, most=8):
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _header(graph, title, params, n_ops, n_layers, input_names, output_names, n_arrays):
+def _header(graph, title, params, n_ops, n_layers, input_names, output_names, n_arrays, n_folded):
     """(title, lines of small print) of the drawing."""
     name = os.path.basename(graph.source) if graph.source else "MXNet symbol"
     title = _clean(title) if title else f"Node graph of {_clean(name)}"
     line1 = f"{n_ops:,} operator node{'s' if n_ops != 1 else ''} in {n_layers:,} layer{'s' if n_layers != 1 else ''}"
+    if n_folded:
+        line1 += f" (+{n_folded} copy node{'s' if n_folded > 1 else ''} naming the outputs: the output markers)"
     if input_names:
         line1 += f"; input{'s' if len(input_names) > 1 else ''}: {_names(input_names)}"
     line1 += f"; output{'s' if len(output_names) > 1 else ''}: {_names(output_names)}"
     v = graph.mxnet_version
     if v:
         line1 += f"; saved by MXNet {v // 10000}.{v // 100 % 100}.{v % 100}"
-    line2 = f"{n_arrays} parameter array{'s' if n_arrays != 1 else ''}, each drawn as a dot on the box that uses it"
+    line2 = f"{n_arrays} parameter array{'s' if n_arrays != 1 else ''}, each drawn as a dot on the box that uses it" \
+        if n_arrays else "no parameter arrays"
     if params is not None:
         shapes, ppath, err = params
         if shapes is not None:
@@ -886,9 +900,9 @@ def graph_layout(graph, *, title=None, params="auto"):
 
     # widths
     for b in boxes.values():
-        tw = max(_text_w(b.label, _LABEL), _text_w(b.sub, _NAME) + (0 if b.kind != "op" else 0))
+        tw = max(_text_w(b.label, _LABEL), _text_w(b.sub, _NAME))
         extra = 8 * min(b.params, 6) + 6 if b.params else 0
-        b.w = float(min(_MAX_BOX, max(_MIN_BOX, tw + 2 * _PAD_X + extra)))
+        b.w = float(2 * math.ceil(min(_MAX_BOX, max(_MIN_BOX, tw + 2 * _PAD_X + extra)) / 2))
 
     # layers: longest path from the inputs; operators without inputs sit just above their first consumer
     succs: Dict[object, List[object]] = {k: [] for k in boxes}
@@ -1022,7 +1036,7 @@ def graph_layout(graph, *, title=None, params="auto"):
     def port_x(b, port, ports):
         return x[b] - boxes[b].w / 2 + boxes[b].w * (port + 1) / (ports + 1) if boxes[b].kind != "lane" else x[b]
 
-    for it in range(24):
+    for it in range(24 if len(boxes) < 1000 else 8):
         forward = it % 2 == 0
         rng = range(n_layers) if forward else range(n_layers - 1, -1, -1)
         for li in rng:
@@ -1045,6 +1059,31 @@ def graph_layout(graph, *, title=None, params="auto"):
             seps = [sep(lay[i], lay[i + 1]) for i in range(len(lay) - 1)]
             for k, v in zip(lay, _pav(desired, ws, seps)):
                 x[k] = v
+
+    # straighten each lane (a long edge) where its neighbours leave room: one x for the whole lane
+    pos = {k: i for lay in layers for i, k in enumerate(lay)}
+    chains: Dict[object, List[object]] = {}
+    for d in sorted(lane_keys, key=lambda d: d[2]):
+        chains.setdefault(d[1], []).append(d)
+    for chain in chains.values():
+        if len(chain) < 2:
+            continue
+
+        def fits(v):
+            for d in chain:
+                lay, i = layers[layer[d]], pos[d]
+                if i > 0 and v - x[lay[i - 1]] < sep(lay[i - 1], d) - 1e-6:
+                    return False
+                if i + 1 < len(lay) and x[lay[i + 1]] - v < sep(d, lay[i + 1]) - 1e-6:
+                    return False
+            return True
+
+        xs = sorted(x[d] for d in chain)
+        for v in sorted(set(xs), key=lambda v: abs(v - xs[len(xs) // 2])):
+            if fits(v):
+                for d in chain:
+                    x[d] = v
+                break
 
     # columns
     cross = [0] * (n_layers + 1)
@@ -1092,7 +1131,7 @@ def graph_layout(graph, *, title=None, params="auto"):
     graph_w = sum(col_w) + (len(runs) - 1) * gutter
     head_title, head_lines = _header(graph, title, pinfo, n_ops, n_layers,
                                      [graph.nodes[i].name for i in sorted(inputs)], [o[0] for o in outs],
-                                     len(param_vars))
+                                     len(param_vars), len(folded))
     width = int(math.ceil(max(graph_w, 640) + 2 * _MARGIN))
     text_w = width - 2 * _MARGIN
     items = []
@@ -1122,7 +1161,7 @@ def graph_layout(graph, *, title=None, params="auto"):
             items.append(("rect", (lx, y + 1, lx + 24, y + lh - 1), (lh - 2) / 2,
                           _INPUT_FILL if fam == "input" else _OUTPUT_FILL, None, 0, False))
         else:
-            items.append(("dot", lx + 12, y + lh / 2, 3.2, (60, 60, 60)))
+            items.append(("dot", lx + 12, y + lh / 2, 3.2, (60, 60, 60), "legend"))
         items.append(("text", lx + 30, y + (lh - _line_h(_SUB)) / 2, text, _SUB, _vis._INK, "left"))
         lx += w
     y += lh + 10
@@ -1143,7 +1182,7 @@ def graph_layout(graph, *, title=None, params="auto"):
         col_left.append(left)
         for li in range(a, b):
             for k in layers[li]:
-                boxes[k].x = x[k] - xmin + left
+                boxes[k].x = float(round(x[k] - xmin + left))
                 boxes[k].y = top + (li - a) * pitch
                 boxes[k].layer = li
         left += col_w[ci] + gutter
@@ -1185,7 +1224,10 @@ def graph_layout(graph, *, title=None, params="auto"):
         if lane is None:
             dy = (p3[1] - p0[1]) / 2
             tip = (p3[0], p3[1] - 1) if real_end else p3
-            edge_items.append(("curve", p0, (p0[0], p0[1] + dy), (tip[0], tip[1] - dy), tip, ecol, ew))
+            if abs(tip[0] - p0[0]) < 1.5:  # straight down
+                edge_items.append(("line", [(tip[0], p0[1]), tip], ecol, ew))
+            else:
+                edge_items.append(("curve", p0, (p0[0], p0[1] + dy), (tip[0], tip[1] - dy), tip, ecol, ew))
             if real_end:
                 edge_items.append(arrow((p3[0], p3[1]), (p3[0], p3[1] - 10)))
             continue
@@ -1216,7 +1258,8 @@ def graph_layout(graph, *, title=None, params="auto"):
             label = _fit(b.label, _LABEL, inner)
             sub = _fit(b.sub, _NAME, b.w - 2 * _PAD_X)
             for j in range(min(b.params, 6)):
-                items.append(("dot", x0 + b.w - _PAD_X - 3 - 8 * j, y0 + _PAD_Y + _line_h(_LABEL) / 2, 3.2, edge))
+                items.append(("dot", x0 + b.w - _PAD_X - 3 - 8 * j, y0 + _PAD_Y + _line_h(_LABEL) / 2, 3.2, edge,
+                              "param"))
         else:
             fill = _INPUT_FILL if b.kind == "input" else _OUTPUT_FILL
             items.append(("group", b.kind, {"data-name": b.label, "title": b.tooltip}))
@@ -1238,9 +1281,8 @@ def graph_layout(graph, *, title=None, params="auto"):
     unknown = graph.unknown_ops
     notes = []
     if unknown:
-        notes.append("Operators not known to capszoo (red, drawn as they are): " + ", ".join(_clean(u) for u in unknown))
-    if any("subgraphs" in (n.attrs or {}) for n in graph.nodes):  # pragma: no cover - attrs never hold it
-        notes.append("Sub-graphs of control-flow operators are not drawn.")
+        notes.append("Operators not known to capszoo (red, drawn as they are): "
+                     + ", ".join(_clean(u) for u in unknown))
     for note in notes:
         for wl in _wrap(note, _SUB, text_w)[:6]:
             items.append(("text", _MARGIN, y, wl, _SUB, (150, 30, 30), "left"))
@@ -1306,7 +1348,7 @@ def graph_image(graph, *, title=None, params="auto", layout=None):
         elif kind == "arrow":
             draw.polygon([S(p) for p in it[1]], fill=it[2])
         elif kind == "dot":
-            _, cx, cy, r, colour = it
+            _, cx, cy, r, colour, _ = it
             draw.ellipse((s * (cx - r), s * (cy - r), s * (cx + r), s * (cy + r)), fill=colour)
         elif kind == "text":
             _, tx, ty, text, size, colour, align = it
@@ -1361,8 +1403,8 @@ def graph_svg(graph, *, title=None, params="auto", layout=None):
             pts = " ".join(f"{f(px)},{f(py)}" for px, py in it[1])
             out.append(f'<polygon points="{pts}" fill="{_hex(it[2])}"/>')
         elif kind == "dot":
-            _, cx, cy, r, colour = it
-            out.append(f'<circle class="param" cx="{f(cx)}" cy="{f(cy)}" r="{f(r)}" fill="{_hex(colour)}"/>')
+            _, cx, cy, r, colour, cls = it
+            out.append(f'<circle class="{cls}" cx="{f(cx)}" cy="{f(cy)}" r="{f(r)}" fill="{_hex(colour)}"/>')
         elif kind == "text":
             _, tx, ty, text, size, colour, align = it
             anchor = {"left": "start", "center": "middle", "right": "end"}[align]
@@ -1374,12 +1416,16 @@ def graph_svg(graph, *, title=None, params="auto", layout=None):
 
 
 def check_graph_output(path):
-    """Check an output path before any work: .svg or .png, in a folder that can be written.  Returns "SVG"/"PNG"."""
-    fmt = _vis.output_format(path, svg=True)
-    if fmt not in ("SVG", "PNG"):
-        raise InvalidInputError(f"cannot write {os.fspath(path)!r}: a graph is drawn as .svg or .png, "
-                                f"not .{os.path.splitext(os.fspath(path))[1].lstrip('.').lower()}")
-    return _vis.check_output_path(path, svg=True)
+    """Check an output path before any work: .svg or .png, in a folder that can be written.  Returns "SVG"/"PNG".
+
+    Raises InvalidInputError (another extension) or ExportError (the path cannot be written).
+    """
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in (".svg", ".png"):
+        what = f"unknown extension '{ext}'" if ext else "no file extension"
+        raise InvalidInputError(f"cannot write {p!r}: {what}; a graph is drawn as .svg or .png")
+    return _vis.check_output_path(p, svg=True)
 
 
 def save_graph(graph, path, *, title=None, params="auto"):
