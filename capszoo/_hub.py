@@ -215,7 +215,8 @@ def _user_path(path) -> str:
         raise WeightsNotAvailableError(f"weights file {p} does not exist; check the path (it is used as "
                                        "given, relative to the current folder)")
     if not os.path.isfile(p):
-        raise WeightsNotAvailableError(f"weights path {p} is not a regular file (a folder?); pass the "
+        what = "a folder" if os.path.isdir(p) else "a device, pipe or socket"
+        raise WeightsNotAvailableError(f"weights path {p} is not a regular file ({what}); pass the "
                                        ".params file itself")
     return p
 

@@ -8,6 +8,8 @@ import tempfile
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
+_MAX_STEM = 128
+
 
 @contextlib.contextmanager
 def atomic_path(target, *, suffix=""):
@@ -20,7 +22,12 @@ def atomic_path(target, *, suffix=""):
     """
     target = os.fspath(target)
     folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=suffix + ".tmp", dir=folder)
+    # The temporary name must itself be a legal name: a 250-byte target name is legal,
+    # "." + it + ".XXXXXXXX.tmp" is not.  Keep at most _MAX_STEM bytes of it.
+    stem = os.path.basename(target)
+    while len(os.fsencode(stem)) > _MAX_STEM:
+        stem = stem[:-1]
+    fd, tmp = tempfile.mkstemp(prefix="." + stem + ".", suffix=suffix + ".tmp", dir=folder)
     os.close(fd)
     try:
         yield tmp

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import tomllib
 import typing
@@ -24,7 +25,7 @@ class NetSection:
     pred_vects_init_scale: float
 
     def _check(self):
-        _positive(self, "routing_iterations")
+        _positive(self, "routing_iterations", MAX_ROUTING_ITERATIONS)
         _positive(self, "pred_vects_init_scale")
 
 
@@ -41,8 +42,9 @@ class LossSection:
             raise RecipeError(f"loss: need 0 <= margin_m_minus < margin_m_plus <= 1, got "
                               f"{self.margin_m_minus} and {self.margin_m_plus}")
         for name in ("margin_lambda", "class_weight", "reco_weight"):
-            if getattr(self, name) < 0:
-                raise RecipeError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (value >= 0 and _finite(value)):   # NaN fails both comparisons
+                raise RecipeError(f"loss.{name} must be a finite number >= 0, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,8 @@ class DataSection:
             raise RecipeError(f"data.max_shift must be 0..8 pixels, got {self.max_shift}")
         if self.validation_size < 0:
             raise RecipeError(f"data.validation_size must be >= 0, got {self.validation_size}")
+        if self.split_seed < 0:
+            raise RecipeError(f"data.split_seed must be >= 0, got {self.split_seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +90,10 @@ class TrainSection:
     seed: int
 
     def _check(self):
-        _positive(self, "epochs")
-        _positive(self, "batch_size")
+        _positive(self, "epochs", MAX_EPOCHS)
+        _positive(self, "batch_size", MAX_BATCH_SIZE)
+        if not 0 <= self.seed <= MAX_SEED:   # numpy's global seed takes 32 bits
+            raise RecipeError(f"train.seed must be an integer from 0 to {MAX_SEED}, got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,21 +122,40 @@ class Recipe:
         return d
 
 
+#: Largest ``train.seed`` (numpy's global seed is 32 bits).
+MAX_SEED = 2 ** 32 - 1
+#: Bounds of ``train.epochs`` and ``train.batch_size`` (those of ``capszoo train --epochs/--batch-size``)
+#: and of ``net.routing_iterations`` (each iteration is unrolled into the graph).
+MAX_EPOCHS, MAX_BATCH_SIZE, MAX_ROUTING_ITERATIONS = 10_000, 100_000, 100
+#: Largest recipe file read (the bundled one is 1.6 kB).
+MAX_RECIPE_BYTES = 1 << 20
+
 _SECTIONS = {"net": ("net", NetSection), "loss": ("loss", LossSection),
              "optimizer": ("optimizer", OptimizerSection), "data": ("data", DataSection),
              "train": ("train", TrainSection)}
 _TOP = ("name", "model", "description")
 
 
-def _positive(obj, name):
-    if getattr(obj, name) <= 0:
-        raise RecipeError(f"{type(obj).__name__.replace('Section', '').lower()}.{name} must be > 0, "
-                          f"got {getattr(obj, name)}")
+def _positive(obj, name, most=None):
+    value = getattr(obj, name)
+    where = f"{type(obj).__name__.replace('Section', '').lower()}.{name}"
+    if not (value > 0 and _finite(value)):   # TOML has nan and inf; NaN fails every comparison
+        raise RecipeError(f"{where} must be > 0{' and finite' if isinstance(value, float) else ''}, got {value}")
+    if most is not None and value > most:   # tomllib's integers are unbounded
+        shown = value if value < 10 ** 30 else f"an integer of {len(str(value))} digits"
+        raise RecipeError(f"{where} must be at most {most}, got {shown}")
+
+
+def _finite(value):
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _typed(where, value, tp):
     ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e300:   # TOML integers are unbounded in tomllib; float() would overflow
+            raise RecipeError(f"{where} must be a number of sensible size, got an integer of "
+                              f"{len(str(abs(value)))} digits")
         return float(value)
     if not ok:
         raise RecipeError(f"{where} must be of type {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -184,8 +209,11 @@ def load_recipe(name_or_path) -> Recipe:
     source = os.fspath(name_or_path)
     if os.path.isfile(source):
         try:
+            if os.path.getsize(source) > MAX_RECIPE_BYTES:
+                raise RecipeError(f"recipe {source} is {os.path.getsize(source):,} bytes, larger than any "
+                                  f"recipe ({MAX_RECIPE_BYTES:,} at most); pass the .toml recipe file")
             with open(source, "rb") as fh:
-                text = fh.read()
+                text = fh.read(MAX_RECIPE_BYTES + 1)
         except OSError as exc:
             raise RecipeError(f"cannot read recipe {source}: {exc.strerror}") from None
     else:
@@ -199,4 +227,6 @@ def load_recipe(name_or_path) -> Recipe:
         doc = tomllib.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RecipeError(f"recipe {source} is not valid TOML: {exc}") from None
+    except RecursionError:   # tomllib recurses into nested arrays and tables
+        raise RecipeError(f"recipe {source} is not a recipe: its arrays or tables are nested too deeply") from None
     return parse_recipe(doc, source)

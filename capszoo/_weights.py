@@ -15,6 +15,7 @@ Format (``NDArray::Save`` of a named list, MXNet 1.x)::
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -69,6 +70,8 @@ def read_params(path, *, max_bytes=MAX_PARAMS_BYTES):
     """
     name = os.fspath(path)
     try:
+        if not os.path.exists(name):   # also a dangling symlink
+            raise WeightsFormatError(f"{name}: no such file; check the path")
         if not os.path.isfile(name):
             raise WeightsFormatError(f"{name}: not a regular file")
         size = os.path.getsize(name)
@@ -109,10 +112,13 @@ def parse_params(data: bytes, name="<bytes>"):
             raise _fail(name, f"array {k} has dtype {_DTYPE_NAMES.get(flag, f'code {flag}')}, "
                               "which capszoo weights never use")
         dtype = np.dtype(_DTYPES[flag])
-        n = 1
+        # Bound the product of the non-zero dimensions too: a zero dimension makes the element
+        # count 0 but numpy still refuses a shape like (0, 2**62) ("array is too big").
+        n = bound = 1
         for d in dims:
             n *= d
-            if n * dtype.itemsize > len(data):
+            bound *= max(d, 1)
+            if bound * dtype.itemsize > len(data):
                 raise _fail(name, f"array {k} declares shape {dims}, larger than the file")
         arr = np.frombuffer(r.take(n * dtype.itemsize, f"array {k} data"), dtype=dtype).reshape(dims)
         arrays.append(arr)
@@ -189,9 +195,26 @@ def load_params_into(net, path, *, ctx=None):
 
 
 def save_params(net, path):
-    """Save ``net``'s parameters to ``path`` atomically (Gluon's structural names)."""
-    with atomic_path(path) as tmp:
-        net.save_parameters(tmp)
+    """Save ``net``'s parameters to ``path`` atomically (Gluon's structural names).
+
+    Raises
+    ------
+    OSError
+        The file cannot be written (also when MXNet's writer stops short, e.g. on a
+        full disk or past a file size limit: MXNet reports that as an ``MXNetError``).
+        The file at ``path`` is left as it was and no temporary file remains.
+    """
+    import mxnet as mx
+
+    try:
+        with atomic_path(path) as tmp:
+            net.save_parameters(tmp)
+    except mx.base.MXNetError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        line = next((ln for ln in lines if "Check failed" in ln or "Error" in ln), lines[0] if lines else "")
+        why = ("the disk is full or a file size limit was reached" if "incomplete" in line.lower()
+               else "MXNet could not write it")
+        raise OSError(errno.EIO, f"cannot write weights file: {why} ({line})", os.fspath(path)) from None
 
 
 def sha256_file(path, *, chunk=1 << 20):

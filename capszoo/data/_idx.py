@@ -100,12 +100,13 @@ def read_idx(path, *, expected_magic=None, max_bytes=MAX_DECOMPRESSED_BYTES):
     if len(data) < header:
         raise DataFormatError(f"{name}: truncated header ({len(data)} bytes)")
     dims = struct.unpack(">" + "I" * ndim, data[4:header])
-    expected = 1
+    expected = bound = 1
     for d in dims:
         expected *= d
-    if expected > max_bytes:
-        raise DataFormatError(f"{name}: header declares {expected:,} values, more than the "
-                              f"{max_bytes:,} accepted")
+        bound *= max(d, 1)   # a zero dimension must not hide huge ones: numpy refuses (0, 2**32-1, ...)
+    if expected > max_bytes or bound > max_bytes:
+        raise DataFormatError(f"{name}: header declares {'x'.join(map(str, dims))} = {expected:,} values, more "
+                              f"than the {max_bytes:,} accepted")
     if len(data) - header != expected:
         raise DataFormatError(f"{name}: header declares {'x'.join(map(str, dims))} = {expected:,} values "
                               f"but the file holds {len(data) - header:,}; the file is truncated or corrupt")
