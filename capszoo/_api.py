@@ -25,7 +25,7 @@ __all__ = ["load", "get_model", "CapsNetModel", "PROPERTIES", "VARIANTS"]
 PROPERTIES = ("Decision", "Probabilities", "TopProbabilities", "Capsule", "Reconstruction")
 #: Variants ``load`` accepts besides the pretrained evaluation net.
 VARIANTS = ("EvaluationNet", "UninitializedEvaluationNet", "TrainingNet")
-DTYPES = ("float32",)
+DTYPES = ("float32", "bfloat16", "int8")
 
 
 def _is_single(inputs):
@@ -281,8 +281,11 @@ def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="
         Devices for inference (``"cpu"``, ``"gpu:0"``, ``"cpu:0,cpu:1"``).
     weights : str, optional
         A ``.params`` file to use instead of the published weights.
-    dtype : str
-        ``"float32"``.
+    dtype : {"float32", "bfloat16", "int8"}
+        Inference precision.  ``"bfloat16"`` uses MXNet AMP and needs a CPU with
+        avx512_bf16 or amx_bf16 (else :class:`~capszoo.errors.InvalidInputError`);
+        ``"int8"`` quantizes the convolutions and dense layers with oneDNN,
+        calibrated on 256 real training digits shipped with the package.
     routing_iterations : int, optional
         Routing iterations of ``DigitCaps`` (default: the card's, 3).
 
@@ -309,4 +312,7 @@ def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="
     ctxs = parse_ctx(ctx)
     net, path = _pretrained_net(card, ctxs, weights, routing_iterations)
     net.hybridize(static_alloc=True)
+    if dtype != "float32":  # bfloat16 (amp) or int8 (oneDNN, calibrated on the shipped digits)
+        from . import _precision
+        net = _precision.convert(net, dtype, ctx=ctxs)
     return CapsNetModel(card, net, ctxs, weights_path=path, dtype=dtype)
