@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ._io import atomic_path
+from ._io import atomic_path, atomic_write_bytes
 from .errors import ExportError, InvalidInputError
 
 __all__ = [
@@ -236,9 +236,7 @@ def save_summary(info, path):
         return save_image(summary_graphic(info), path)
     data = summary_svg(info).encode("utf-8")
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise ExportError(f"cannot write {os.fspath(path)!r}: {_os_reason(exc)}") from None
     return path

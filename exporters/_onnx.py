@@ -56,7 +56,7 @@ import mxnet as mx
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from capszoo._io import atomic_path
+from capszoo._io import atomic_write_bytes
 from capszoo.errors import ExportError, GraphFormatError, UnsupportedOperatorError
 
 from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _agreement, label_accuracy, _check_input_shape, _diffs,
@@ -869,9 +869,7 @@ def _write_model(model, path):
         raise ExportError(f"{path} is a folder; give the path of the .onnx file to write")
     data = model.SerializeToString()
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
     return path
