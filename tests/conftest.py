@@ -71,3 +71,16 @@ def seeded_weights(tmp_path_factory):
 def seeded_model(seeded_weights):
     import capszoo
     return capszoo.load("capsnet-mnist", weights=seeded_weights)
+
+
+@pytest.fixture
+def digit_files(tmp_path, mnist_test):
+    """The first three MNIST test digits saved as PNG files (paths as str)."""
+    from PIL import Image
+
+    files = []
+    for i in range(3):
+        p = tmp_path / f"d{i}.png"
+        Image.fromarray(mnist_test[0][i]).save(p)
+        files.append(str(p))
+    return files

@@ -49,13 +49,9 @@ def test_unknown_model_is_one_line_error(runner):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_classify(runner, seeded_weights, seeded_model, mnist_test, tmp_path):
+def test_classify(runner, seeded_weights, seeded_model, mnist_test, digit_files):
     images, _ = mnist_test
-    files = []
-    for i in range(3):
-        p = tmp_path / f"d{i}.png"
-        Image.fromarray(images[i]).save(p)
-        files.append(str(p))
+    files = digit_files
     expected = seeded_model(list(images[:3]))
     r = runner.invoke(main, ["classify", "capsnet-mnist", *files, "--weights", seeded_weights, "--json", "--top", "3"])
     assert r.exit_code == 0, r.output

@@ -283,16 +283,6 @@ def test_output_paths_are_checked_and_written_atomically(tmp_path, monkeypatch):
 
 
 # -- command line ------------------------------------------------------------------------------
-@pytest.fixture
-def digit_files(tmp_path, mnist_test):
-    images, _ = mnist_test
-    files = []
-    for i in range(3):
-        p = tmp_path / f"d{i}.png"
-        Image.fromarray(images[i]).save(p)
-        files.append(str(p))
-    return files
-
 
 def test_cli_reconstruct_tweak_features_info(digit_files, seeded_weights, mnist_dir, tmp_path):
     runner = CliRunner()
