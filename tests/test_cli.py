@@ -3,7 +3,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from capszoo.cli import main
 
