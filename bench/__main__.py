@@ -13,7 +13,8 @@ What it measures, on this machine, with the same thread count for everyone
 * training images/s at batch 128: capszoo's training step (``CapsNetTrainingNet``,
   Adam, as ``capszoo train`` runs it) against the same recipe in PyTorch;
 * whole-process cold start and peak memory (``ru_maxrss``) of
-  ``capszoo classify capsnet-mnist IMAGE`` and of a minimal onnxruntime script
+  ``capszoo classify capsnet-mnist IMAGE`` (onnxruntime on the published weights,
+  no MXNet), of the same with ``--backend mxnet``, and of a minimal onnxruntime script
   (``bench/ort_classify.py``), with ``import mxnet`` and ``import capszoo`` alone
   for reference;
 * FLOPs per image (``bench/_flops.py``) and the share of the machine's measured
@@ -291,7 +292,8 @@ def measure_cold_start(cfg, res, *, threads, weights, published, onnx, image):
     if not published:
         capszoo_cmd += ["--weights", weights]
     cmds = {
-        "capszoo classify": capszoo_cmd,
+        "capszoo classify": capszoo_cmd,  # onnxruntime path with the published weights, else MXNet
+        "capszoo classify --backend mxnet": capszoo_cmd + ["--backend", "mxnet"],
         "onnxruntime script": [sys.executable, os.path.join(HERE, "ort_classify.py"), onnx, image, str(threads)],
         "python -c 'import mxnet'": [sys.executable, "-c", "import mxnet"],
         "python -c 'import capszoo'": [sys.executable, "-c", "import capszoo"],

@@ -85,19 +85,7 @@ class CapsNetModel:
         single = _is_single(inputs)
         x = self.encode(inputs, polarity=polarity, fit=fit)
         probs, caps, recos = self._run(x, batch_size, need_reco=(prop == "Reconstruction"))
-        classes = self.card.classes
-        if prop == "Decision":
-            out = [classes[int(i)] for i in probs.argmax(axis=1)]
-        elif prop == "Probabilities":
-            out = [{c: float(p) for c, p in zip(classes, row)} for row in probs]
-        elif prop == "TopProbabilities":
-            k = min(top, len(classes))
-            out = [[(classes[int(i)], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
-                   for row in probs]
-        elif prop == "Capsule":
-            out = list(caps)
-        else:
-            out = [_to_pil(r) for r in recos]
+        out = decode_outputs(self.card.classes, prop, probs, caps, recos, top=top)
         return out[0] if single else out
 
     def encode(self, inputs, *, polarity="auto", fit="auto"):
@@ -210,6 +198,24 @@ class CapsNetModel:
     def __repr__(self):
         return (f"CapsNetModel({self.card.name!r}, params={self.card.num_params:,}, "
                 f"ctx={[str(c) for c in self.ctx]}, weights={self.weights_path!r})")
+
+
+def decode_outputs(classes, prop, probs, caps=None, recos=None, *, top=5):
+    """One result per image for property ``prop`` from the net's numpy outputs.
+
+    Shared by :class:`CapsNetModel` and the onnxruntime path of ``capszoo classify``.
+    """
+    if prop == "Decision":
+        return [classes[int(i)] for i in probs.argmax(axis=1)]
+    if prop == "Probabilities":
+        return [{c: float(p) for c, p in zip(classes, row)} for row in probs]
+    if prop == "TopProbabilities":
+        k = min(top, len(classes))
+        return [[(classes[int(i)], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
+                for row in probs]
+    if prop == "Capsule":
+        return list(caps)
+    return [_to_pil(r) for r in recos]
 
 
 def _to_pil(arr):

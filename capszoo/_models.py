@@ -64,4 +64,5 @@ def capsnet_mnist() -> ModelCard:
         weights=weights,
         metrics=metrics,
         training=training,
+        runtime_graph="capsnet-mnist.graph.onnx",
     )

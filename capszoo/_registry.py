@@ -49,7 +49,9 @@ class ModelCard:
 
     ``builder(**kwargs)`` returns the uninitialized net; ``training_builder``
     the training architecture.  ``weights`` is None until trained weights are
-    published.
+    published.  ``runtime_graph`` names the net's ONNX graph without weights,
+    shipped in ``capszoo/pretrained`` (see :mod:`capszoo._ort`): with it,
+    ``capszoo classify`` runs on onnxruntime without importing MXNet.
     """
 
     name: str
@@ -73,6 +75,7 @@ class ModelCard:
     weights: Optional[WeightsSource] = None
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     training: Dict[str, object] = dataclasses.field(default_factory=dict)
+    runtime_graph: Optional[str] = None
 
     @property
     def file_size_mb(self) -> float:

@@ -100,12 +100,28 @@ def info_cmd(name, as_json, weights, graphic):
 @click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32", show_default=True,
               help="Inference precision (bfloat16 needs a CPU with avx512_bf16; int8 is calibrated on real digits).")
-def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype):
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "mxnet"]), default="auto", show_default=True,
+              help="onnxruntime runs the published weights without importing MXNet (fast start); auto picks it "
+                   "for float32 on the CPU with the published weights, else MXNet.")
+def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype, backend):
     """Classify digit image FILES with model NAME."""
-    from ._api import load
+    from ._api import decode_outputs
+    from ._registry import get_card
 
-    model = load(name, ctx=ctx, weights=weights, dtype=dtype)
-    results = model(list(files), prop="TopProbabilities", top=max(top, 1), polarity=polarity)
+    card = get_card(name)
+    if _use_onnxruntime(card, backend, weights=weights, ctx=ctx, dtype=dtype):
+        from ._hub import resolve_weights
+        from ._ort import OnnxRuntimeNet
+        from ._preprocess import to_batch
+
+        x = to_batch(list(files), polarity=polarity)
+        probs = OnnxRuntimeNet(card, resolve_weights(card))(x, need_reco=False)[0]
+        results = decode_outputs(card.classes, "TopProbabilities", probs, top=top)
+    else:
+        from ._api import load
+
+        model = load(card.name, ctx=ctx, weights=weights, dtype=dtype)
+        results = model(list(files), prop="TopProbabilities", top=top, polarity=polarity)
     if as_json:
         click.echo(json.dumps([{"file": f, "class": r[0][0], "probability": r[0][1],
                                 "top": [{"class": c, "probability": p} for c, p in r]}
@@ -116,6 +132,27 @@ def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype):
         best = f"{r[0][0]}  (p={r[0][1]:.3f})"
         rest = "" if top == 1 else "   top: " + ", ".join(f"{c}:{p:.3f}" for c, p in r)
         click.echo(f"{f:<{width}}  {best}{rest}")
+
+
+def _use_onnxruntime(card, backend, *, weights, ctx, dtype):
+    """Whether ``classify`` runs on onnxruntime; ``--backend onnxruntime`` with options it cannot honour
+    is a usage error naming them."""
+    if backend == "mxnet":
+        return False
+    from ._ort import onnxruntime_available
+
+    blockers = [why for why, bad in (
+        ("--weights (only the published, sha256-verified weights run there)", weights is not None),
+        (f"--dtype {dtype} (it runs float32)", dtype != "float32"),
+        (f"--ctx {ctx} (it runs on the CPU)", ctx.strip().lower() not in ("cpu", "cpu:0")),
+        (f"{card.name} (no onnxruntime graph ships for it)", not card.runtime_graph),
+        ("a model without published weights", card.weights is None),
+        ("this installation (onnxruntime is not installed)", not onnxruntime_available()),
+    ) if bad]
+    if backend == "onnxruntime" and blockers:
+        raise click.UsageError("--backend onnxruntime cannot be used with " + "; ".join(blockers)
+                               + ". Use --backend mxnet (or auto).")
+    return not blockers
 
 
 @main.command("evaluate")
