@@ -19,21 +19,34 @@ and the C++ predict API.  Two things differ from Gluon's ``export``:
   ``output1``, ... (several).  The input variable is always ``data``.
 * **Atomic files.**  Both files are written under temporary names beside their
   targets and renamed into place only when both are complete, so a failure
-  leaves any earlier export untouched and no temporary files behind.
+  leaves any earlier export untouched and no temporary files behind.  The
+  parameter file is read back before it is renamed: MXNet's writer does not
+  check its last flush, so on a full disk or past a file size limit a small
+  file would otherwise be cut short without an error.
+
+Reading an export (:func:`verify_mxnet`, and ``convert_mxnet_to_onnx`` in
+``_onnx``) checks the symbol JSON before MXNet builds a graph from it
+(:func:`_check_graph`: MXNet trusts its indices, and a bad output index crashes
+the process) and reads the ``.params`` file with capszoo's strict reader
+(:func:`capszoo._weights.read_params`).  Messages quoted from MXNet are its
+meaningful line, at most :data:`MAX_QUOTE_CHARS` characters long.
 """
 from __future__ import annotations
 
 from capszoo import _env  # noqa: F401  (sets OMP_NUM_THREADS before mxnet loads)
 
+import errno
 import json
 import os
+import re
 import warnings
 
 import numpy as np
 import mxnet as mx
 
 from capszoo._io import atomic_path
-from capszoo.errors import ExportError, GraphFormatError
+from capszoo._weights import read_params
+from capszoo.errors import ExportError, GraphFormatError, WeightsFormatError
 
 __all__ = ["export_mxnet", "verify_mxnet", "block_to_symbol", "resolve_output_names",
            "INPUT_NAME", "DEFAULT_INPUT_SHAPE"]
@@ -44,6 +57,57 @@ INPUT_NAME = "data"
 DEFAULT_INPUT_SHAPE = (1, 1, 28, 28)
 #: Images per forward pass in the verification helpers.
 VERIFY_BATCH = 100
+#: Longest piece of a message from MXNet (or onnxruntime) quoted in a capszoo error, in characters.
+MAX_QUOTE_CHARS = 300
+#: Largest symbol JSON read (bytes).  The CapsNet's is about 16 KB; the weights are in the .params file.
+MAX_SYMBOL_BYTES = 64 * 1024 * 1024
+#: Deepest nesting of subgraphs (control-flow operators) in a symbol JSON.
+MAX_SUBGRAPH_DEPTH = 8
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DISK_FULL_WHY = "the disk is full or a file size limit was reached"
+# "[13:44:34] ../src/operator/tensor/./broadcast_reduce_op.h:406: " in MXNet's messages
+_LOG_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+_NOT_A_MESSAGE = ("Traceback (most recent call last)", "File \"", "[bt]", "Stack trace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def _shorten(text, limit=MAX_QUOTE_CHARS):
+    """``text`` cut to at most ``limit`` characters (plus a note of its full length)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters in all)"
+
+
+def _first_error_line(exc, limit=MAX_QUOTE_CHARS):
+    """The line of an MXNet (or other) exception's message that says what is wrong, shortened.
+
+    MXNet's messages start with ``Traceback (most recent call last):`` and the C++
+    file of the check; the meaningful line is the one with ``Check failed`` or
+    ``Error``.  The ``MXNetError:`` prefix and log stamps (``[13:44:34] file.cc:73:``)
+    are dropped, and the line is cut to ``limit`` characters (a 10 MB attribute
+    value must not make a 20 MB message).
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "Check failed" in ln or "Error" in ln), None)
+    if line is None:
+        line = next((ln for ln in lines if not ln.startswith(_NOT_A_MESSAGE)), None)
+    if line is None:
+        return type(exc).__name__
+    line = _LOG_PREFIX.sub("", line)
+    if line.startswith("MXNetError: "):
+        line = line[len("MXNetError: "):]
+    return _shorten(line.strip() or type(exc).__name__, limit)
+
+
+def _short_name(name, limit=60):
+    """A node name or attribute value for a message: repr, cut to ``limit`` characters."""
+    name = str(name)
+    return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
 def _check_input_shape(input_shape):
@@ -182,6 +246,28 @@ def _params_dict(sym, params):
     return {("aux:" if k in aux else "arg:") + k: v for k, v in params.items()}
 
 
+def _check_saved_params(path, saved, out_dir):
+    """Read back the file ``mx.nd.save`` wrote and check it holds ``saved``.
+
+    MXNet's writer does not check the final flush of its buffer: past a file size
+    limit or on a full disk a small file is cut short without any error.  Reading
+    it back with the strict reader finds that.
+    """
+    try:
+        got = read_params(path)
+    except WeightsFormatError as exc:
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        raise ExportError(f"cannot write the MXNet export to {out_dir}: {_DISK_FULL_WHY} (the parameter file "
+                          f"was cut short at {size:,} bytes: {_params_reason(exc, path)}); free some space (or "
+                          "raise the limit) and export again, the earlier files are unchanged") from None
+    want = {k.partition(":")[2]: v for k, v in saved.items()}
+    same = set(got) == set(want) and all(
+        got[k].dtype == v.dtype and got[k].tobytes() == v.asnumpy().tobytes() for k, v in want.items())
+    if not same:  # pragma: no cover - MXNet's writer and capszoo's reader disagree
+        raise ExportError(f"the parameter file MXNet wrote to {out_dir} does not read back as the parameters "
+                          "saved; this is a bug, please report it with the model")
+
+
 def _blocking_file(folder):
     """The nearest existing ancestor of ``folder`` (or itself) when it is not a folder, else None."""
     p = os.path.abspath(folder)
@@ -238,7 +324,7 @@ def export_mxnet(block, out_dir, *, prefix="model", input_shape=DEFAULT_INPUT_SH
     ------
     ExportError
         The block cannot be traced, or the folder cannot be written (nothing is
-        left half-written).
+        left half-written; a full disk or a file size limit is named as such).
     """
     if not isinstance(prefix, str) or not prefix or os.sep in prefix or (os.altsep and os.altsep in prefix):
         raise ExportError(f"prefix must be a plain file name prefix such as 'model', got {prefix!r}")
@@ -250,17 +336,28 @@ def export_mxnet(block, out_dir, *, prefix="model", input_shape=DEFAULT_INPUT_SH
     for p in (sym_path, params_path):
         if os.path.isdir(p):
             raise ExportError(f"{p} is a folder; remove it or choose another prefix")
+    to_save = _params_dict(sym, params)
     try:
         with atomic_path(sym_path) as sym_tmp, atomic_path(params_path) as params_tmp:
             with open(sym_tmp, "w", encoding="utf-8") as fh:
                 fh.write(sym.tojson())
-            mx.nd.save(params_tmp, _params_dict(sym, params))
+            mx.nd.save(params_tmp, to_save)
+            _check_saved_params(params_tmp, to_save, out_dir)
     except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise ExportError(f"cannot write the MXNet export to {out_dir}: {_DISK_FULL_WHY} "
+                              f"({exc.strerror or exc}); free some space (or raise the limit) and export "
+                              "again, the earlier files are unchanged") from None
         raise ExportError(f"cannot write the MXNet export to {out_dir}: {exc.strerror or exc}; "
                           "choose a folder you can write to") from None
     except mx.base.MXNetError as exc:
-        raise ExportError(f"cannot write the MXNet export to {out_dir}: {str(exc).strip().splitlines()[0]}; "
-                          "choose a folder you can write to") from None
+        line = _first_error_line(exc)
+        if "incomplete" in line.lower():   # dmlc's "FileStream.Write incomplete": fwrite stopped short
+            raise ExportError(f"cannot write the MXNet export to {out_dir}: {_DISK_FULL_WHY} ({line}); "
+                              "free some space (or raise the limit) and export again, the earlier files "
+                              "are unchanged") from None
+        raise ExportError(f"cannot write the MXNet export to {out_dir}: MXNet could not write the parameters "
+                          f"({line}); choose a folder you can write to") from None
     return {
         "symbol": sym_path,
         "params": params_path,
@@ -338,38 +435,240 @@ def _plain(name):
     return name[:-len("_output")] if name.endswith("_output") else name
 
 
-def _load_symbol(symbol_path):
+# ---------------------------------------------------------------------------------------------
+# Reading an export: symbol JSON (checked before MXNet sees it) and .params (capszoo's strict reader)
+
+
+def _not_symbol(where, problem):
+    return GraphFormatError(f"{where} is not an MXNet symbol JSON: {problem}; export the model again")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_entry(entry, where, what, n_nodes):
+    """``[node, output(, version)]`` -> ``(node, output)``; node in ``0..n_nodes-1``."""
+    if not isinstance(entry, list) or len(entry) not in (2, 3) or not all(_is_int(v) for v in entry):
+        raise _not_symbol(where, f"{what} must be [node, output, version] integers, got "
+                                 f"{_shorten(json.dumps(entry), 60)}")
+    src, out = entry[0], entry[1]
+    if not 0 <= src < n_nodes:
+        raise _not_symbol(where, f"{what} refers to node {src}, but the graph has nodes 0..{n_nodes - 1}")
+    if out < 0 or (len(entry) == 3 and entry[2] < 0):
+        raise _not_symbol(where, f"{what} names output {out} (version {entry[2] if len(entry) == 3 else 0}) "
+                                 f"of node {src}; both must be >= 0")
+    return src, out
+
+
+def _count_outputs(node, graph_attrs, where, at):
+    """Number of outputs of operator ``node`` (a JSON node), asked of MXNet on the node alone."""
+    n_in = len(node.get("inputs", []))
+    # control_deps name nodes of the whole graph: the node alone has none
+    alone = {k: v for k, v in node.items() if k != "control_deps"}
+    alone["inputs"] = [[j, 0, 0] for j in range(n_in)]
+    mini = {"nodes": [{"op": "null", "name": f"input{j}", "inputs": []} for j in range(n_in)] + [alone],
+            "arg_nodes": list(range(n_in)), "node_row_ptr": list(range(n_in + 2)), "heads": [[n_in, 0, 0]]}
+    if isinstance(graph_attrs, dict):
+        mini["attrs"] = graph_attrs
     try:
-        with open(symbol_path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-        json.loads(text)
-        return mx.sym.load_json(text)
+        internals = mx.sym.load_json(json.dumps(mini)).get_internals().list_outputs()
+    except mx.base.MXNetError as exc:
+        raise _not_symbol(where, f"{at}: {_first_error_line(exc)}") from None
+    return len(internals) - n_in
+
+
+def _check_graph(doc, where, depth=0):
+    """Check the structure of a parsed symbol JSON before MXNet builds a graph from it.
+
+    MXNet trusts the indices of a symbol file: an input or head naming output
+    ``k`` of a node that has fewer outputs makes it read past its arrays (the
+    process dies of SIGSEGV when the graph is bound).  This checks:
+
+    * the document is an object with a non-empty ``nodes`` list and a non-empty
+      ``heads`` list; each node an object with string ``op`` and ``name``, a
+      list ``inputs`` (none for a variable, ``op`` ``"null"``) and objects of
+      strings as attributes;
+    * every input ``[node, output, version]`` names an earlier node (MXNet
+      writes nodes in topological order, so anything else is a cycle or a
+      corrupted file), and so do ``control_deps``;
+    * every head names a node of the graph, ``arg_nodes`` lists variables;
+    * every output index is below the number of outputs of its node (asked of
+      MXNet for the operator alone: ``mx.sym.load_json`` of the single node);
+    * ``subgraphs`` (control-flow operators) recursively, at most
+      :data:`MAX_SUBGRAPH_DEPTH` deep.
+
+    Raises
+    ------
+    GraphFormatError
+        Naming the first problem found: ``<where> is not an MXNet symbol JSON: ...``.
+    """
+    if not isinstance(doc, dict):
+        kind = "null" if doc is None else type(doc).__name__
+        raise _not_symbol(where, f"it holds a JSON {kind}, not an object with \"nodes\" and \"heads\"")
+    for key in ("nodes", "heads"):
+        if key not in doc:
+            raise _not_symbol(where, f"it has no {key!r}")
+    nodes, heads = doc["nodes"], doc["heads"]
+    if not isinstance(nodes, list) or not nodes:
+        raise _not_symbol(where, f"'nodes' must be a non-empty list, got {_shorten(json.dumps(nodes), 60)}")
+    n = len(nodes)
+    entries = []   # (where it is, what it is, node, output)
+    for i, nd in enumerate(nodes):
+        if not isinstance(nd, dict):
+            raise _not_symbol(where, f"node {i} is a JSON {type(nd).__name__}, not an object with op, name "
+                                     "and inputs")
+        for key in ("op", "name"):
+            if key not in nd:
+                raise _not_symbol(where, f"node {i} has no {key!r}")
+            if not isinstance(nd[key], str) or not nd[key]:
+                raise _not_symbol(where, f"node {i}: {key!r} must be a non-empty string, got "
+                                         f"{_shorten(json.dumps(nd[key]), 60)}")
+        op = nd["op"]
+        at = f"node {i} ({_short_name(nd['name'])}, {_shorten(op, 40)})"
+        inputs = nd.get("inputs", [])
+        if not isinstance(inputs, list):
+            raise _not_symbol(where, f"{at}: 'inputs' must be a list, got {type(inputs).__name__}")
+        if op == "null" and inputs:
+            raise _not_symbol(where, f"{at} is a variable (op \"null\") but has inputs")
+        for j, entry in enumerate(inputs):
+            src, out = _check_entry(entry, where, f"{at}: input {j}", n)
+            if src >= i:
+                raise _not_symbol(where, f"{at}: input {j} refers to "
+                                         f"{'the node itself' if src == i else f'node {src}, which comes after it'}"
+                                         " (MXNet writes nodes in topological order, so this is a cycle or a "
+                                         "corrupted file)")
+            entries.append((f"{at}: input {j}", src, out))
+        deps = nd.get("control_deps", [])
+        if not isinstance(deps, list) or not all(_is_int(d) and 0 <= d < i for d in deps):
+            raise _not_symbol(where, f"{at}: 'control_deps' must list earlier nodes, got "
+                                     f"{_shorten(json.dumps(deps), 60)}")
+        for key in ("attrs", "attr", "param"):   # "attr"/"param": MXNet < 1.0
+            value = nd.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise _not_symbol(where, f"{at}: {key!r} must be an object of strings")
+        subgraphs = nd.get("subgraphs", [])
+        if not isinstance(subgraphs, list):
+            raise _not_symbol(where, f"{at}: 'subgraphs' must be a list")
+        if subgraphs and depth >= MAX_SUBGRAPH_DEPTH:
+            raise _not_symbol(where, f"{at}: subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep")
+        for k, sub in enumerate(subgraphs):
+            _check_graph(sub, f"{where} (subgraph {k} of node {i})", depth + 1)
+    if not isinstance(heads, list) or not heads:
+        raise _not_symbol(where, f"'heads' must be a non-empty list of [node, output, version] entries (the "
+                                 f"outputs), got {_shorten(json.dumps(heads), 60)}")
+    for j, entry in enumerate(heads):
+        src, out = _check_entry(entry, where, f"head {j}", n)
+        entries.append((f"head {j}", src, out))
+    if "arg_nodes" in doc:
+        args = doc["arg_nodes"]
+        if not isinstance(args, list) or not all(_is_int(a) for a in args):
+            raise _not_symbol(where, "'arg_nodes' must be a list of node indices")
+        for a in args:
+            if not 0 <= a < n:
+                raise _not_symbol(where, f"'arg_nodes' lists node {a}, but the graph has nodes 0..{n - 1}")
+            if nodes[a]["op"] != "null":
+                raise _not_symbol(where, f"'arg_nodes' lists node {a} ({_short_name(nodes[a]['name'])}), an "
+                                         f"operator ({_shorten(nodes[a]['op'], 40)}), not a variable")
+    counts = {}
+    for what, src, out in entries:
+        if out == 0:
+            continue   # every operator has an output 0
+        if src not in counts:
+            node = nodes[src]
+            src_at = f"node {src} ({_short_name(node['name'])}, {_shorten(node['op'], 40)})"
+            counts[src] = 1 if node["op"] == "null" else _count_outputs(node, doc.get("attrs"), where, src_at)
+        if out >= counts[src]:
+            node = nodes[src]
+            raise _not_symbol(where, f"{what} names output {out} of node {src} ({_short_name(node['name'])}, "
+                                     f"{_shorten(node['op'], 40)}), which has "
+                                     f"{counts[src]} output{'s' if counts[src] != 1 else ''}")
+
+
+def _parse_symbol(text, where):
+    """``(parsed JSON, mx.sym.Symbol)`` of the symbol JSON ``text``, checked (see :func:`_check_graph`).
+
+    Raises
+    ------
+    GraphFormatError
+        Text that is not JSON (or is nested too deeply), a graph that fails the
+        structural checks, or one MXNet refuses (unknown operators, bad attributes).
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _not_symbol(where, f"it is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise _not_symbol(where, "it is JSON nested too deeply") from None
+    except ValueError as exc:   # e.g. an integer with too many digits
+        raise _not_symbol(where, f"it is not valid JSON ({_shorten(exc, 100)})") from None
+    _check_graph(doc, where)
+    try:
+        return doc, mx.sym.load_json(text)
+    except mx.base.MXNetError as exc:
+        raise _not_symbol(where, _first_error_line(exc)) from None
+
+
+def _read_symbol_file(symbol_path):
+    """The text of the symbol file ``symbol_path`` (a regular file of at most :data:`MAX_SYMBOL_BYTES`)."""
+    p = os.fspath(symbol_path)
+    try:
+        if os.path.isdir(p):
+            raise GraphFormatError(f"{p} is a folder, not a symbol file; give the <prefix>-symbol.json inside it")
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_SYMBOL_BYTES + 1)
     except OSError as exc:
-        raise GraphFormatError(f"cannot read symbol file {symbol_path}: {exc.strerror or exc}") from None
-    except (ValueError, mx.base.MXNetError) as exc:
-        raise GraphFormatError(f"{symbol_path} is not an MXNet symbol JSON file ({str(exc).splitlines()[0]}); "
-                               "export the model again") from None
+        raise GraphFormatError(f"cannot read symbol file {p}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SYMBOL_BYTES:
+        raise GraphFormatError(f"{p} is larger than {MAX_SYMBOL_BYTES >> 20} MB, too large for a symbol JSON "
+                               "(the weights belong in the .params file); give the -symbol.json file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_symbol(p, f"it is not UTF-8 text (byte {exc.start})") from None
+
+
+def _load_symbol(symbol_path):
+    """Read and check the symbol file ``symbol_path``; returns the ``mx.sym.Symbol``."""
+    text = _read_symbol_file(symbol_path)
+    return _parse_symbol(text, os.fspath(symbol_path))[1]
+
+
+def _params_reason(exc, path):
+    """What :func:`capszoo._weights.read_params` found wrong, without its file name and remedy."""
+    msg, name = str(exc), os.fspath(path)
+    if msg.startswith(name + ": "):
+        msg = msg[len(name) + 2:]
+    return _shorten(msg.split("; this is not an MXNet .params file")[0], 200)
 
 
 def _load_params(params_path):
+    """``{parameter name: numpy array}`` from an export's ``.params`` file (``arg:``/``aux:`` dropped).
+
+    Read by :func:`capszoo._weights.read_params`, which bounds every length by the
+    file's size and refuses truncated files, trailing bytes, unknown dtypes, sparse
+    arrays and unnamed lists (MXNet's ``nd.load`` trusts the file).
+
+    Raises
+    ------
+    GraphFormatError
+        A missing file or one that is not a named MXNet parameter list.
+    """
+    p = os.fspath(params_path)
+    if not os.path.exists(p):
+        raise GraphFormatError(f"{p}: no such .params file; give the <prefix>-0000.params written with the "
+                               "symbol file")
     try:
-        loaded = mx.nd.load(os.fspath(params_path))
-    except mx.base.MXNetError as exc:
-        raise GraphFormatError(f"{params_path} is not an MXNet .params file "
-                               f"({str(exc).strip().splitlines()[0]}); export the model again") from None
-    if not isinstance(loaded, dict):
-        raise GraphFormatError(f"{params_path} holds an unnamed array list, not named parameters; "
-                               "export the model again")
-    arg, aux = {}, {}
-    for k, v in loaded.items():
-        kind, _, name = k.partition(":")
-        if kind == "aux":
-            aux[name] = v
-        elif kind == "arg":
-            arg[name] = v
-        else:
-            arg[k] = v
-    return arg, aux
+        return read_params(p)
+    except WeightsFormatError as exc:
+        reason = _params_reason(exc, p)
+        if " arrays but 0 names" in reason:
+            reason = f"it holds an unnamed array list, not named parameters ({reason})"
+        raise GraphFormatError(f"{p} is not an MXNet .params file ({reason}); export the model again") from None
+
+
+def _as_ndarrays(arrays):
+    return {k: mx.nd.array(v, dtype=v.dtype, ctx=mx.cpu()) for k, v in arrays.items()}
 
 
 def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_BATCH, reference=None,
@@ -379,7 +678,11 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
     The files are loaded with :meth:`mxnet.gluon.SymbolBlock.imports` and with
     the legacy :class:`mxnet.mod.Module` API (bound for inference, fed
     ``DataBatch`` es), and both are run on ``images`` in chunks of
-    ``batch_size``.
+    ``batch_size``.  Before MXNet sees them, the symbol JSON is checked
+    (structure, node and output indices, no cycles: see :func:`_check_graph`) and
+    the ``.params`` file is read with capszoo's strict reader
+    (:func:`capszoo._weights.read_params`), so a corrupt or hostile export gives
+    a :class:`~capszoo.errors.GraphFormatError` instead of crashing the process.
 
     Parameters
     ----------
@@ -401,14 +704,29 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
         max abs diff}, "module": {name: max abs diff}, "max_abs_diff": float,
         "argmax_agreement": {"symbolblock": f, "module": f} or None}``
         (agreement of the row-wise argmax of the first output, when it is 2-D).
+
+    Raises
+    ------
+    GraphFormatError
+        A symbol file or ``.params`` file that is not a valid export, or a graph
+        that MXNet cannot load, bind or run on ``images``.
+    ExportError
+        Outputs that differ from the block's in number or shape, or by more than ``atol``.
     """
     x = as_model_input(images)
+    # Both files are checked before MXNet builds anything from them: MXNet trusts the indices of a
+    # symbol file (a bad one crashes the process) and the sizes of a .params file.
     sym = _load_symbol(symbol_path)
-    arg, aux = _load_params(params_path)
+    weights = _load_params(params_path)
+    aux_names = set(sym.list_auxiliary_states())
+    arg = _as_ndarrays({k: v for k, v in weights.items() if k not in aux_names})
+    aux = _as_ndarrays({k: v for k, v in weights.items() if k in aux_names})
     mx_names = sym.list_outputs()
     names = [_plain(n) for n in mx_names]
     ref = reference if reference is not None else block_outputs(block, x, batch_size=batch_size)
     ref = [np.asarray(r) for r in ref]
+    first = x[:batch_size]
+    files = f"{symbol_path} with {params_path}"
 
     try:
         with warnings.catch_warnings():
@@ -418,24 +736,29 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
             sb = mx.gluon.SymbolBlock.imports(os.fspath(symbol_path), [INPUT_NAME], os.fspath(params_path),
                                               ctx=mx.cpu())
     except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError) as exc:
-        raise GraphFormatError(f"SymbolBlock.imports cannot load {symbol_path} with {params_path}: "
-                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+        raise GraphFormatError(f"SymbolBlock.imports cannot load {files}: {_first_error_line(exc)}; "
                                "export the model again") from None
-    sb_out = block_outputs(sb, x, batch_size=batch_size)
+    try:
+        sb_out = block_outputs(sb, x, batch_size=batch_size)
+    except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError, MemoryError) as exc:
+        raise GraphFormatError(f"the graph of {files} fails when run by SymbolBlock on a batch of shape "
+                               f"{first.shape}: {_first_error_line(exc)}; export the model again") from None
 
     mod = mx.mod.Module(symbol=sym, data_names=[INPUT_NAME], label_names=None, context=mx.cpu())
-    first = x[:batch_size]
     try:
         mod.bind(data_shapes=[(INPUT_NAME, first.shape)], for_training=False)
         mod.set_params(arg, aux, allow_missing=False)
     except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError) as exc:
-        raise GraphFormatError(f"mx.mod.Module cannot bind {symbol_path} with {params_path}: "
-                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+        raise GraphFormatError(f"mx.mod.Module cannot bind {files}: {_first_error_line(exc)}; "
                                "export the model again") from None
     chunks = []
-    for i in range(0, len(x), batch_size):
-        mod.forward(mx.io.DataBatch([mx.nd.array(x[i:i + batch_size])]), is_train=False)
-        chunks.append([o.asnumpy() for o in mod.get_outputs()])
+    try:
+        for i in range(0, len(x), batch_size):
+            mod.forward(mx.io.DataBatch([mx.nd.array(x[i:i + batch_size])]), is_train=False)
+            chunks.append([o.asnumpy() for o in mod.get_outputs()])
+    except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError, MemoryError) as exc:
+        raise GraphFormatError(f"the graph of {files} fails when run by mx.mod.Module on a batch of shape "
+                               f"{first.shape}: {_first_error_line(exc)}; export the model again") from None
     mod_out = [np.concatenate(parts) for parts in zip(*chunks)]
 
     result = {

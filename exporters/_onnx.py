@@ -59,8 +59,10 @@ from onnx import TensorProto, helper, numpy_helper
 from capszoo._io import atomic_write_bytes
 from capszoo.errors import ExportError, GraphFormatError, UnsupportedOperatorError
 
-from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _agreement, label_accuracy, _check_input_shape, _diffs,
-                     _load_params, _makedirs, _plain, as_model_input, block_outputs, block_to_symbol)
+from ._mxnet import (DEFAULT_INPUT_SHAPE, INPUT_NAME, VERIFY_BATCH, _DISK_FULL, _DISK_FULL_WHY, _agreement,
+                     _check_input_shape, _diffs, _first_error_line, _load_params, _makedirs, _parse_symbol, _plain,
+                     _read_symbol_file, _short_name, _shorten, as_model_input, block_outputs, block_to_symbol,
+                     label_accuracy)
 
 __all__ = ["export_onnx", "convert_mxnet_to_onnx", "mxnet_to_onnx_model", "verify_onnx",
            "SUPPORTED_OPERATORS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET"]
@@ -82,15 +84,15 @@ _INT64_MAX = np.iinfo(np.int64).max
 def _unsupported(node, problem, remedy="rewrite the block with supported operators "
                                        "(see capszoo.exporters.SUPPORTED_OPERATORS) or export to MXNet only"):
     return UnsupportedOperatorError(
-        f"cannot convert MXNet operator {node.op!r} (node {node.name!r}) to ONNX: {problem}; {remedy}")
+        f"cannot convert MXNet operator {node.op!r} (node {_short_name(node.name)}) to ONNX: {problem}; {remedy}")
 
 
 def _literal(node, key, text):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} does not parse; "
-                               "the symbol file is corrupt, export the model again") from None
+        raise GraphFormatError(f"node {_short_name(node.name)} ({node.op}): attribute {key}={_short_name(text)} "
+                               "does not parse; the symbol file is corrupt, export the model again") from None
 
 
 def _attr_bool(node, key, default=False):
@@ -102,7 +104,8 @@ def _attr_bool(node, key, default=False):
         return True
     if t in ("false", "0"):
         return False
-    raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a boolean")
+    raise GraphFormatError(f"node {_short_name(node.name)} ({node.op}): attribute {key}={_short_name(text)} "
+                           "is not a boolean")
 
 
 def _attr_int(node, key, default=None):
@@ -111,7 +114,8 @@ def _attr_int(node, key, default=None):
         return default
     v = _literal(node, key, str(text))
     if isinstance(v, bool) or not isinstance(v, int):
-        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not an integer")
+        raise GraphFormatError(f"node {_short_name(node.name)} ({node.op}): attribute {key}={_short_name(text)} "
+                               "is not an integer")
     return v
 
 
@@ -122,7 +126,8 @@ def _attr_float(node, key, default=None):
     try:
         return float(str(text).strip())
     except ValueError:
-        raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a number") from None
+        raise GraphFormatError(f"node {_short_name(node.name)} ({node.op}): attribute {key}={_short_name(text)} "
+                               "is not a number") from None
 
 
 def _attr_tuple(node, key, default=None):
@@ -135,7 +140,8 @@ def _attr_tuple(node, key, default=None):
         return (v,)
     if isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
         return tuple(v)
-    raise GraphFormatError(f"node {node.name!r} ({node.op}): attribute {key}={text!r} is not a tuple of integers")
+    raise GraphFormatError(f"node {_short_name(node.name)} ({node.op}): attribute {key}={_short_name(text)} "
+                           "is not a tuple of integers")
 
 
 def _attr_str(node, key, default=None):
@@ -247,7 +253,7 @@ def _scalar(onnx_op, reverse=False):
     def conv(b, n):
         value = _attr_float(n, "scalar")
         if value is None:
-            raise GraphFormatError(f"node {n.name!r} ({n.op}) has no scalar attribute")
+            raise GraphFormatError(f"node {_short_name(n.name)} ({n.op}) has no scalar attribute")
         if not np.issubdtype(np.dtype(n.in_dtypes[0]), np.floating):
             raise _unsupported(n, f"a scalar operation on a {np.dtype(n.in_dtypes[0]).name} tensor "
                                   "(only floating point tensors are supported)")
@@ -263,13 +269,14 @@ def _convolution(b, n):
         raise _unsupported(n, f"layout={layout!r} (only channels-first layouts NCW/NCHW/NCDHW)")
     kernel = _attr_tuple(n, "kernel")
     if not kernel:
-        raise GraphFormatError(f"node {n.name!r} (Convolution) has no kernel attribute")
+        raise GraphFormatError(f"node {_short_name(n.name)} (Convolution) has no kernel attribute")
     k = len(kernel)
     stride = _attr_tuple(n, "stride", ()) or (1,) * k
     dilate = _attr_tuple(n, "dilate", ()) or (1,) * k
     pad = _attr_tuple(n, "pad", ()) or (0,) * k
     if not len(stride) == len(dilate) == len(pad) == k:
-        raise GraphFormatError(f"node {n.name!r} (Convolution): kernel, stride, dilate and pad differ in length")
+        raise GraphFormatError(f"node {_short_name(n.name)} (Convolution): kernel, stride, dilate and pad "
+                               "differ in length")
     group = _attr_int(n, "num_group", 1)
     no_bias = _attr_bool(n, "no_bias", False)
     inputs = n.inputs[:2] if no_bias else n.inputs[:3]
@@ -310,9 +317,9 @@ def _reshape(b, n):
                               "(only fixed sizes, 0 = copy this dimension and -1 = infer are supported)",
                            "write the reshape with fixed sizes, 0 and -1")
     if shape.count(-1) > 1:
-        raise GraphFormatError(f"node {n.name!r} (Reshape): shape={shape} has more than one -1")
+        raise GraphFormatError(f"node {_short_name(n.name)} (Reshape): shape={shape} has more than one -1")
     if any(c == 0 and i >= n.in_ranks[0] for i, c in enumerate(shape)):
-        raise GraphFormatError(f"node {n.name!r} (Reshape): shape={shape} copies a dimension the "
+        raise GraphFormatError(f"node {_short_name(n.name)} (Reshape): shape={shape} copies a dimension the "
                                f"rank-{n.in_ranks[0]} input does not have")
     # ONNX Reshape with allowzero=0 (the default) reads 0 as "copy this dimension", as MXNet does.
     s = b.ints(f"{n.name}/shape", shape)
@@ -324,7 +331,7 @@ def _transpose(b, n):
     if not axes:
         return b.add("Transpose", [n.inputs[0]], n, "out")
     if sorted(a % n.in_ranks[0] for a in axes) != list(range(n.in_ranks[0])):
-        raise GraphFormatError(f"node {n.name!r} (transpose): axes={axes} is not a permutation")
+        raise GraphFormatError(f"node {_short_name(n.name)} (transpose): axes={axes} is not a permutation")
     return b.add("Transpose", [n.inputs[0]], n, "out", perm=[a % n.in_ranks[0] for a in axes])
 
 
@@ -358,7 +365,7 @@ def _reduce(b, n):
     keepdims = _attr_bool(n, "keepdims", False)
     axes = None if not axis else sorted({a % rank for a in axis})
     if axis and any(not -rank <= a < rank for a in axis):
-        raise GraphFormatError(f"node {n.name!r} ({n.op}): axis={axis} out of range for rank {rank}")
+        raise GraphFormatError(f"node {_short_name(n.name)} ({n.op}): axis={axis} out of range for rank {rank}")
     if _attr_bool(n, "exclude", False):
         if axes is None:
             raise _unsupported(n, "exclude=True without axis")
@@ -383,7 +390,7 @@ def _match_rank(b, n, y, onnx_rank):
         return y
     if onnx_rank == 0 and n.out_rank == 1:
         return b.add("Reshape", [y, b.ints(f"{n.name}/one", [1])], n, "out")
-    raise GraphFormatError(f"node {n.name!r} ({n.op}): ONNX result of rank {onnx_rank}, MXNet's of rank "
+    raise GraphFormatError(f"node {_short_name(n.name)} ({n.op}): ONNX result of rank {onnx_rank}, MXNet's of rank "
                            f"{n.out_rank}")  # pragma: no cover
 
 
@@ -418,7 +425,7 @@ def _argmax(b, n):
 def _one_hot(b, n):
     depth = _attr_int(n, "depth")
     if depth is None or depth < 1:
-        raise GraphFormatError(f"node {n.name!r} (one_hot): depth must be a positive integer")
+        raise GraphFormatError(f"node {_short_name(n.name)} (one_hot): depth must be a positive integer")
     on = _attr_float(n, "on_value", 1.0)
     off = _attr_float(n, "off_value", 0.0)
     dtype = np.dtype(n.out_dtype)
@@ -437,7 +444,7 @@ def _one_hot(b, n):
 def _expand_dims(b, n):
     axis = _attr_int(n, "axis")
     if axis is None:
-        raise GraphFormatError(f"node {n.name!r} (expand_dims) has no axis")
+        raise GraphFormatError(f"node {_short_name(n.name)} (expand_dims) has no axis")
     return b.add("Unsqueeze", [n.inputs[0], b.ints(f"{n.name}/axes", [axis])], n, "out")
 
 
@@ -446,7 +453,7 @@ def _slice_axis(b, n):
     begin = _attr_int(n, "begin")
     end = _attr_int(n, "end", None)
     if axis is None or begin is None:
-        raise GraphFormatError(f"node {n.name!r} (slice_axis) needs axis and begin")
+        raise GraphFormatError(f"node {_short_name(n.name)} (slice_axis) needs axis and begin")
     ends = _INT64_MAX if end is None else end
     return b.add("Slice", [n.inputs[0], b.ints(f"{n.name}/starts", [begin]), b.ints(f"{n.name}/ends", [ends]),
                            b.ints(f"{n.name}/axes", [axis])], n, "out")
@@ -474,7 +481,7 @@ def _pad(b, n):
     width = _attr_tuple(n, "pad_width")
     rank = n.in_ranks[0]
     if not width or len(width) != 2 * rank:
-        raise GraphFormatError(f"node {n.name!r} (Pad): pad_width={width} does not give two sizes per axis "
+        raise GraphFormatError(f"node {_short_name(n.name)} (Pad): pad_width={width} does not give two sizes per axis "
                                f"of the rank-{rank} input")
     pads = [width[2 * i] for i in range(rank)] + [width[2 * i + 1] for i in range(rank)]
     inputs = [n.inputs[0], b.ints(f"{n.name}/pads", pads)]
@@ -486,7 +493,7 @@ def _pad(b, n):
 def _clip(b, n):
     lo, hi = _attr_float(n, "a_min"), _attr_float(n, "a_max")
     if lo is None or hi is None:
-        raise GraphFormatError(f"node {n.name!r} (clip) needs a_min and a_max")
+        raise GraphFormatError(f"node {_short_name(n.name)} (clip) needs a_min and a_max")
     dt = n.in_dtypes[0]
     return b.add("Clip", [n.inputs[0], b.const(f"{n.name}/min", lo, dt), b.const(f"{n.name}/max", hi, dt)],
                  n, "out")
@@ -571,35 +578,31 @@ SUPPORTED_OPERATORS = frozenset(_TRANSLATIONS)
 
 
 def _read_symbol(symbol):
-    """``(json text, mx.sym.Symbol)`` from a Symbol, a JSON string or a path to a symbol file."""
+    """``(parsed JSON, mx.sym.Symbol)`` from a Symbol, a JSON string or a path to a symbol file.
+
+    JSON text and files are checked before MXNet builds the graph (see
+    :func:`capszoo.exporters._mxnet._check_graph`); a Symbol is MXNet's own.
+
+    Raises
+    ------
+    GraphFormatError
+        A file that cannot be read, or text that is not a valid MXNet symbol JSON.
+    """
     if isinstance(symbol, mx.sym.Symbol):
-        return symbol.tojson(), symbol
+        return json.loads(symbol.tojson()), symbol
     if isinstance(symbol, (str, os.PathLike)) and not str(symbol).lstrip().startswith("{"):
-        try:
-            with open(symbol, "r", encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise GraphFormatError(f"cannot read symbol file {os.fspath(symbol)}: {exc.strerror or exc}") from None
-        where = os.fspath(symbol)
-    elif isinstance(symbol, str):
-        text, where = symbol, "the symbol JSON"
-    else:
-        raise GraphFormatError(f"symbol must be an mxnet Symbol, a JSON string or a path, "
-                               f"got {type(symbol).__name__}")
-    try:
-        json.loads(text)
-        return text, mx.sym.load_json(text)
-    except (ValueError, mx.base.MXNetError) as exc:
-        raise GraphFormatError(f"{where} is not an MXNet symbol JSON ({str(exc).strip().splitlines()[0]}); "
-                               "export the model again") from None
+        return _parse_symbol(_read_symbol_file(symbol), os.fspath(symbol))
+    if isinstance(symbol, str):
+        return _parse_symbol(symbol, "the symbol JSON")
+    raise GraphFormatError(f"symbol must be an mxnet Symbol, a JSON string or a path, "
+                           f"got {type(symbol).__name__}")
 
 
 def _read_params(params):
     if params is None:
         return {}
     if isinstance(params, (str, os.PathLike)):
-        arg, aux = _load_params(params)
-        params = {**arg, **aux}
+        params = _load_params(params)
     out = {}
     for k, v in dict(params).items():
         name = k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k
@@ -626,7 +629,8 @@ def _check_reshapes(nodes, info, shape, remedy):
         src = info.get(_entry_key(nodes, nd["inputs"][0][0], nd["inputs"][0][1], info))
         dst = info.get(_entry_key(nodes, nid, 0, info))
         if src and dst and int(np.prod(src[0])) != int(np.prod(dst[0])):
-            where = f"node {nd['name']!r} (Reshape) turns {src[0]} into {dst[0]} for an input of shape {shape}"
+            where = (f"node {_short_name(nd['name'])} (Reshape) turns {src[0]} into {dst[0]} for an input of "
+                     f"shape {shape}")
             if remedy:
                 raise ExportError(f"the graph only runs with one batch size: {where}; {remedy}")
             raise ExportError(f"the graph does not accept an input of shape {shape}: {where}; pass the "
@@ -640,7 +644,8 @@ def _entry_key(nodes, nid, idx, info):
     for key in ([f"{node['name']}_output"] if idx == 0 else []) + [f"{node['name']}_output{idx}"]:
         if key in info:
             return key
-    raise GraphFormatError(f"node {node['name']!r} ({node['op']}): output {idx} not found in the graph")
+    raise GraphFormatError(f"node {_short_name(node['name'])} ({node['op']}): output {idx} not found in the "
+                           "graph; the symbol JSON is corrupt, export the model again")
 
 
 def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_OPSET,
@@ -683,22 +688,17 @@ def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opse
         raise ExportError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}; "
                           f"the default {DEFAULT_OPSET} suits most runtimes")
     shape = _check_input_shape(input_shape)
-    text, sym = _read_symbol(symbol)
-    graph = json.loads(text)
-    try:
-        nodes, heads = graph["nodes"], graph["heads"]
-        assert isinstance(nodes, list) and isinstance(heads, list) and heads
-    except (KeyError, TypeError, AssertionError):
-        raise GraphFormatError("the symbol JSON has no nodes or heads; export the model again") from None
+    graph, sym = _read_symbol(symbol)   # structure checked: nodes, heads, indices
+    nodes, heads = graph["nodes"], graph["heads"]
     # --- every operator must be known before anything else is looked at
     unknown = {}
     for nd in nodes:
-        if not isinstance(nd, dict) or "op" not in nd or "name" not in nd:
-            raise GraphFormatError("the symbol JSON has a node without op or name; export the model again")
         if nd["op"] != "null" and nd["op"] not in _TRANSLATIONS:
             unknown.setdefault(nd["op"], nd["name"])
     if unknown:
-        listed = ", ".join(f"{op!r} (node {name!r})" for op, name in unknown.items())
+        listed = ", ".join(f"{_short_name(op)} (node {_short_name(name)})" for op, name in list(unknown.items())[:10])
+        if len(unknown) > 10:
+            listed += f" and {len(unknown) - 10} more"
         raise UnsupportedOperatorError(
             f"cannot convert MXNet operator{'s' if len(unknown) > 1 else ''} {listed} to ONNX: capszoo's "
             f"converter does not know {'them' if len(unknown) > 1 else 'it'}; rewrite the block with "
@@ -760,11 +760,12 @@ def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opse
             node = _Node(name, op, attrs, [tensors[e] for e in ins], [len(s) for s, _ in in_info],
                          [t for _, t in in_info], len(out_shape), out_dtype)
         except KeyError:
-            raise GraphFormatError(f"node {name!r} ({op}) uses an input that comes later in the graph; "
+            raise GraphFormatError(f"node {_short_name(name)} ({op}) uses an input that comes later in the graph; "
                                    "the symbol JSON is corrupt, export the model again") from None
         extra = sorted(set(attrs) - known)
         if extra:
-            raise _unsupported(node, "attribute(s) " + ", ".join(f"{k}={attrs[k]}" for k in extra)
+            raise _unsupported(node, "attribute(s) "
+                               + ", ".join(f"{_shorten(k, 60)}={_short_name(attrs[k])}" for k in extra)
                                + " that the converter does not implement")
         tensors[(nid, 0)] = convert(b, node)
 
@@ -841,17 +842,20 @@ def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opse
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"the converted graph fails the ONNX checker ({str(exc).strip().splitlines()[0]}); "
+        raise ExportError(f"the converted graph fails the ONNX checker ({_first_line(exc)}); "
                           "this is a bug in capszoo's converter, please report it with the model") from None
     return model
 
 
-def _first_error_line(exc):
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    for ln in lines:
-        if "Error" in ln or "Check failed" in ln:
-            return ln.strip()
-    return lines[0].strip() if lines else type(exc).__name__
+def _first_line(exc, limit=1000):
+    """The first line of an ONNX or onnxruntime exception's message, cut to ``limit`` characters.
+
+    onnxruntime puts the reason after the file path and the C++ function
+    (``Load model from <path> failed:<file>:256 onnxruntime::Model::Model(...) Unsupported
+    model IR version``), hence a larger limit than for MXNet's messages.
+    """
+    lines = str(exc).strip().splitlines()
+    return _shorten(lines[0].strip() if lines else type(exc).__name__, limit)
 
 
 def _capszoo_version():
@@ -871,6 +875,9 @@ def _write_model(model, path):
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise ExportError(f"cannot write {path}: {_DISK_FULL_WHY} ({exc.strerror or exc}); free some space "
+                              "(or raise the limit) and export again, an earlier file is unchanged") from None
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
     return path
 
@@ -946,7 +953,7 @@ def _session(onnx_path, num_threads):
         if not os.path.isfile(os.fspath(onnx_path)):
             raise GraphFormatError(f"{os.fspath(onnx_path)}: no such ONNX file") from None
         raise GraphFormatError(f"onnxruntime cannot load {os.fspath(onnx_path)}: "
-                               f"{str(exc).strip().splitlines()[0]}; export the model again") from None
+                               f"{_first_line(exc)}; export the model again") from None
 
 
 def onnx_outputs(session, x, *, batch_size=VERIFY_BATCH):

@@ -459,6 +459,56 @@ def test_failure_mid_write_keeps_the_earlier_export(setup, tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["m-0000.params", "m-symbol.json"]
 
 
+def test_silently_truncated_params_file_is_caught(setup, tmp_path, monkeypatch):
+    """MXNet's writer does not check its last flush: past a file size limit a small .params file is cut
+    short without an error.  export_mxnet reads the file back and refuses it, keeping the earlier export."""
+    block = setup["reco"]["block"]
+    first = export_mxnet(block, tmp_path, prefix="m", input_shape=(1, 16))
+    hashes = {p: _sha(p) for p in (first["symbol"], first["params"])}
+    real_save = mx.nd.save
+
+    def short_save(fname, data):
+        real_save(fname, data)
+        with open(fname, "r+b") as fh:
+            fh.truncate(os.path.getsize(fname) - 1000)
+
+    monkeypatch.setattr(mx.nd, "save", short_save)
+    with pytest.raises(ExportError, match=r"the disk is full or a file size limit was reached \(the parameter "
+                                          r"file was cut short at [\d,]+ bytes: truncated array"):
+        export_mxnet(block, tmp_path, prefix="m", input_shape=(1, 16))
+    assert {p: _sha(p) for p in hashes} == hashes
+    assert sorted(os.listdir(tmp_path)) == ["m-0000.params", "m-symbol.json"]
+
+
+class _WithBatchNorm(HybridBlock):
+    output_names = ("scores",)
+
+    def __init__(self, **kwargs):
+        super().__init__(prefix="bnnet_", **kwargs)
+        with self.name_scope():
+            self.fc = mx.gluon.nn.Dense(4, in_units=3)
+            self.bn = mx.gluon.nn.BatchNorm(in_channels=4)
+
+    def hybrid_forward(self, F, x):
+        return self.bn(self.fc(x))
+
+
+def test_auxiliary_states_round_trip(tmp_path):
+    """BatchNorm's running mean and variance are auxiliary states ("aux:" in the .params file): the
+    strict reader of verify_mxnet hands them to MXNet's Module as such."""
+    mx.random.seed(4)
+    block = _WithBatchNorm()
+    block.initialize(mx.init.Xavier())
+    block.bn.running_mean.set_data(mx.nd.array([0.5, -1.0, 2.0, 0.0]))
+    block.bn.running_var.set_data(mx.nd.array([2.0, 0.5, 1.0, 3.0]))
+    x = np.random.RandomState(0).uniform(-2, 2, size=(5, 3)).astype(np.float32)
+    m = export_mxnet(block, tmp_path, prefix="bn", input_shape=(1, 3))
+    names = set(mx.nd.load(m["params"]))
+    assert {"aux:bnnet_batchnorm0_running_mean", "aux:bnnet_batchnorm0_running_var"} <= names
+    r = verify_mxnet(m["symbol"], m["params"], block, x)
+    assert r["max_abs_diff"] == 0.0 and r["outputs"] == ["scores"]
+
+
 def test_metadata(setup, tmp_path):
     c = setup["net"]
     folder = c["dir"]

@@ -19,9 +19,10 @@ Readers (the import paths capszoo has): ``exporters.convert_mxnet_to_onnx`` and
 ``exporters.verify_mxnet`` (symbol JSON + .params) and ``exporters.verify_onnx``
 (an ONNX file, through onnxruntime).  Each bad input must give a capszoo error
 (``GraphFormatError``, ``UnsupportedOperatorError``, ``ExportError``) naming the
-problem, never crash the process or read outside the model's folder.  Known
-gaps in ``exporters/`` (which this change does not touch) are strict xfails
-stating what the code would need.
+problem, never crash the process or read outside the model's folder.  The
+symbol JSON is checked before MXNet sees it (``exporters._mxnet._check_graph``:
+structure, node and output indices, cycles) and export ``.params`` files are
+read with ``capszoo._weights.read_params``.
 """
 from __future__ import annotations
 
@@ -290,9 +291,8 @@ def test_full_disk_keeps_the_earlier_file(fsize_reports, i, record_property):
     writer = WRITERS_BY_NAME[name.split(":")[0]]
     assert rep["error"] is not None, f"writing past the limit ({stops}) did not fail"
     assert rep["error"]["class"] == writer.error, rep["error"]
-    if writer.name != "export_mxnet":   # see test_full_disk_message_of_export_mxnet
-        assert "File too large" in rep["error"]["message"] or "file size limit" in rep["error"]["message"], \
-            rep["error"]
+    assert "File too large" in rep["error"]["message"] or "file size limit" in rep["error"]["message"], \
+        rep["error"]
     assert rep["changed"] == [], f"earlier files changed: {rep['changed']}"
     assert rep["temp_files"] == [], f"temporary files left: {rep['temp_files']}"
     if writer.name == "_write_checkpoint":
@@ -305,16 +305,12 @@ def test_full_disk_keeps_the_earlier_file(fsize_reports, i, record_property):
         assert rep["new_files"] == [], rep["new_files"]
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_mxnet.py::export_mxnet reports an MXNetError from mx.nd.save by its first "
-                          "line, 'Traceback (most recent call last):'; it needs the 'Check failed' line "
-                          "(exporters._onnx._first_error_line) or, better, capszoo._weights.save_params-style "
-                          "translation to 'the disk is full or a file size limit was reached'")
 def test_full_disk_message_of_export_mxnet(fsize_reports, record_property):
     record_property("harden", ("files: message names the problem", 1))
     i = next(i for i, (n, _, _) in enumerate(FSIZE_CASES) if n == "export_mxnet")
     message = fsize_reports[f"export_mxnet@{i}"]["error"]["message"]
     assert "Traceback (most recent call last)" not in message, message
+    assert "the disk is full or a file size limit was reached" in message, message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +530,16 @@ def _attr(i, **kw):
     return _g(lambda g: g["nodes"][i].setdefault("attrs", {}).update(**kw))
 
 
+def _nested_subgraphs(depth):
+    """A graph whose one operator holds a subgraph, ``depth`` levels deep."""
+    sub = {"nodes": [{"op": "null", "name": "v", "inputs": []}], "arg_nodes": [0], "heads": [[0, 0, 0]]}
+    for _ in range(depth):
+        sub = {"nodes": [{"op": "null", "name": "v", "inputs": []},
+                         {"op": "_copy", "name": "c", "inputs": [[0, 0, 0]], "subgraphs": [sub]}],
+               "arg_nodes": [0], "heads": [[1, 0, 0]]}
+    return sub
+
+
 @dataclasses.dataclass
 class GraphCase:
     id: str
@@ -569,10 +575,14 @@ SYMBOL_CASES = [
               {"convert": NOT_SYMBOL, "verify_mxnet": NOT_SYMBOL}),
     GraphCase("arg-node-out-of-range", _g(lambda g: g.update(arg_nodes=[0, 1, 2, 5, 99])),
               {"convert": NOT_SYMBOL, "verify_mxnet": NOT_SYMBOL}),
+    # verify_mxnet of these two: in a child, test_out_of_range_output_index_does_not_crash_verify_mxnet
     GraphCase("input-output-index-out-of-range", _node(4, inputs=[[3, 5, 0]]),
-              {"convert": ("GraphFormatError", r"cannot infer all shapes")}),
+              {"convert": ("GraphFormatError", r"is not an MXNet symbol JSON: node 4 \('m_dense0_relu_fwd', "
+                                               r"Activation\): input 0 names output 5 of node 3 \('m_dense0_fwd', "
+                                               r"FullyConnected\), which has 1 output")}),
     GraphCase("head-output-index-out-of-range", _g(lambda g: g.update(heads=[[8, 7, 0]])),
-              {"convert": ("GraphFormatError", r"node 'output' \(_copy\): output 7 not found in the graph")}),
+              {"convert": ("GraphFormatError", r"is not an MXNet symbol JSON: head 0 names output 7 of node 8 "
+                                               r"\('output', _copy\), which has 1 output")}),
     GraphCase("num_hidden-2^40", _attr(3, num_hidden=str(2 ** 40)),
               {"convert": ("GraphFormatError", r"Invalid Parameter format for num_hidden expect int"),
                "verify_mxnet": ("GraphFormatError", r"Invalid Parameter format for num_hidden expect int")}),
@@ -592,6 +602,36 @@ SYMBOL_CASES = [
                "verify_mxnet": ("GraphFormatError", r"Cannot find argument 'bogus'")}),
     GraphCase("variable-shape-attr-2^80-elements", _attr(1, __shape__="(1099511627776, 1099511627776)"),
               {"verify_mxnet": ("GraphFormatError", r"Module cannot bind")}),
+    # capszoo's structural checks (exporters._mxnet._check_graph), before MXNet builds the graph
+    *[GraphCase(cid, make, {"convert": ("GraphFormatError", pattern), "verify_mxnet": ("GraphFormatError", pattern)})
+      for cid, make, pattern in [
+          ("cycle", _g(lambda g: (g["nodes"][3].update(inputs=[[4, 0, 0], [1, 0, 0], [2, 0, 0]]))),
+           r"node 3 \('m_dense0_fwd', FullyConnected\): input 0 refers to node 4, which comes after it \(MXNet "
+           r"writes nodes in topological order, so this is a cycle"),
+          ("self-reference", _node(4, inputs=[[4, 0, 0]]), r"node 4 .*: input 0 refers to the node itself"),
+          ("entry-not-integers", _node(4, inputs=[[3.0, 0, 0]]),
+           r"input 0 must be \[node, output, version\] integers, got \[3\.0, 0, 0\]"),
+          ("entry-of-four", _node(4, inputs=[[3, 0, 0, 0]]), r"input 0 must be \[node, output, version\] integers"),
+          ("entry-not-a-list", _node(4, inputs=[3]), r"input 0 must be \[node, output, version\] integers"),
+          ("output-index-negative", _node(4, inputs=[[3, -1, 0]]), r"input 0 names output -1 .*must be >= 0"),
+          ("head-index-negative", _g(lambda g: g.update(heads=[[-1, 0, 0]])),
+           r"head 0 refers to node -1, but the graph has nodes 0\.\.8"),
+          ("heads-empty", _g(lambda g: g.update(heads=[])), r"'heads' must be a non-empty list"),
+          ("heads-missing", _g(lambda g: g.pop("heads")), r"it has no 'heads'"),
+          ("nodes-empty", _g(lambda g: g.update(nodes=[])), r"'nodes' must be a non-empty list"),
+          ("node-not-an-object", _g(lambda g: g["nodes"].__setitem__(4, "Activation")),
+           r"node 4 is a JSON str, not an object with op, name and inputs"),
+          ("name-not-a-string", _node(4, name=5), r"node 4: 'name' must be a non-empty string, got 5"),
+          ("inputs-not-a-list", _node(4, inputs={"0": 3}), r"node 4 .*: 'inputs' must be a list, got dict"),
+          ("variable-with-inputs", _node(1, inputs=[[0, 0, 0]]),
+           r"node 1 \('m_dense0_weight', null\) is a variable \(op \"null\"\) but has inputs"),
+          ("arg-node-is-an-operator", _g(lambda g: g.update(arg_nodes=[0, 1, 2, 3])),
+           r"'arg_nodes' lists node 3 \('m_dense0_fwd'\), an operator \(FullyConnected\), not a variable"),
+          ("control-dep-on-a-later-node", _node(3, control_deps=[8]), r"'control_deps' must list earlier nodes"),
+          ("attribute-not-a-string", _attr(3, num_hidden=4), r"node 3 .*: 'attrs' must be an object of strings"),
+          ("subgraphs-nested-too-deep", _node(4, subgraphs=[_nested_subgraphs(10)]),
+           r"subgraphs are nested more than 8 deep"),
+      ]],
 ]
 SYMBOL_RUNS = [(c, s) for c in SYMBOL_CASES for s in c.surfaces]
 
@@ -621,6 +661,8 @@ def test_bad_symbol_json(case, surface, mx_export, tmp_path, record_property):
     with pytest.raises(Exception) as info:
         _run_graph_surface(surface, sym, mx_export["params"], mx_export, tmp_path)
     _check_capszoo_error(info.value, error, pattern)
+    assert "Traceback (most recent call last)" not in str(info.value) and len(str(info.value)) < 1000, \
+        str(info.value)[:1000]
     assert not (tmp_path / "out.onnx").exists() and temp_files(tmp_path) == []
 
 
@@ -634,15 +676,11 @@ def test_no_parameters_for_the_graph(mx_export, tmp_path, record_property):
     assert os.listdir(tmp_path) == []
 
 
-# -- gaps in exporters/ (not changed here): strict xfails saying what is missing
+# -- what MXNet does not check itself (exporters._mxnet._check_graph) and how its messages are quoted
 
 _DEEP = "[" * 100_000 + "]" * 100_000
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_onnx.py::_read_symbol and exporters/_mxnet.py::_load_symbol catch only "
-                          "ValueError/MXNetError around json.loads: a deeply nested JSON raises RecursionError; "
-                          "they need `except (ValueError, RecursionError, MXNetError)`")
 @pytest.mark.parametrize("surface", ["convert", "verify_mxnet"])
 def test_deeply_nested_json(surface, mx_export, tmp_path, record_property):
     record_property("harden", (f"graphs: symbol JSON -> {surface}", 1))
@@ -667,15 +705,9 @@ except Exception as exc:
 """
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_mxnet.py::verify_mxnet hands the JSON to SymbolBlock.imports unchecked: an "
-                          "input or head naming output k >= the node's number of outputs makes MXNet read past its "
-                          "arrays and the process dies of SIGSEGV. verify_mxnet (and _read_symbol) need a "
-                          "structural check of the graph first: every [node, index, version] entry with 0 <= node < "
-                          "its own position (heads: < len(nodes)) and index < that op's number of outputs "
-                          "(mx.sym.load_json of the single node + list_outputs()), else GraphFormatError")
 @pytest.mark.parametrize("mutation", ["input-output-index-out-of-range", "head-output-index-out-of-range"])
-def test_out_of_range_output_index_crashes_verify_mxnet(mutation, mx_export, tmp_path, record_property):
+def test_out_of_range_output_index_does_not_crash_verify_mxnet(mutation, mx_export, tmp_path, record_property):
+    """MXNet itself reads past its arrays for such an index (SIGSEGV): run in a child, in case."""
     record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
     case = next(c for c in SYMBOL_CASES if c.id == mutation)
     sym = tmp_path / "bad-symbol.json"
@@ -685,12 +717,9 @@ def test_out_of_range_output_index_crashes_verify_mxnet(mutation, mx_export, tmp
     assert proc.returncode == 0, f"the process died (status {proc.returncode}): {proc.stderr.strip()[-300:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["error"] == "GraphFormatError", out
+    assert "is not an MXNet symbol JSON" in out["message"] and "which has 1 output" in out["message"], out
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_mxnet.py::verify_mxnet does not wrap errors raised while running the "
-                          "imported graph (block_outputs of the SymbolBlock, mod.forward): an MXNetError escapes "
-                          "(here: broadcast_to a shape the input cannot take); wrap them in GraphFormatError")
 def test_graph_failing_at_run_time(mx_export, tmp_path, record_property):
     record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
     mutate = _g(lambda g: (
@@ -708,31 +737,26 @@ MESSAGE_GAPS = ["json-null", "json-list", "json-empty-object", "nodes-not-a-list
                 "input-index-out-of-range", "head-index-out-of-range", "arg-node-out-of-range"]
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_onnx.py::_read_symbol and exporters/_mxnet.py::_load_symbol quote the first "
-                          "line of MXNet's message, which for a structural error is 'Traceback (most recent call "
-                          "last):'; they need _onnx._first_error_line (the 'Check failed'/'Error' line) and "
-                          "their own checks of the graph's shape (nodes a list of {op, name, inputs}, indices in "
-                          "range) to name the problem")
 def test_symbol_errors_name_the_problem(mx_export, tmp_path, record_property):
-    record_property("harden", ("graphs: message names the problem", len(MESSAGE_GAPS), 0))
-    from capszoo import exporters
+    """Structural errors MXNet reports as 'Traceback (most recent call last):' are named by capszoo."""
     vague = []
     for cid in MESSAGE_GAPS:
         case = next(c for c in SYMBOL_CASES if c.id == cid)
         sym = tmp_path / f"{cid}-symbol.json"
         sym.write_text(case.make(mx_export["graph"]))
-        try:
-            exporters.convert_mxnet_to_onnx(sym, mx_export["params"], tmp_path / "o.onnx", input_shape=(1, 3))
-        except Exception as exc:  # noqa: BLE001
-            if "Traceback (most recent call last)" in str(exc):
-                vague.append(cid)
-    assert vague == [], f"messages that only say 'Traceback (most recent call last):': {vague}"
+        for surface in ("convert", "verify_mxnet"):
+            try:
+                _run_graph_surface(surface, sym, mx_export["params"], mx_export, tmp_path)
+            except Exception as exc:  # noqa: BLE001
+                if "Traceback (most recent call last)" in str(exc) or "is not an MXNet symbol JSON: " not in str(exc):
+                    vague.append(f"{cid}/{surface}: {str(exc)[:200]}")
+            else:
+                vague.append(f"{cid}/{surface}: no error")
+    n = 2 * len(MESSAGE_GAPS)
+    record_property("harden", ("graphs: message names the problem", n, n - len(vague)))
+    assert vague == [], "messages that do not name the problem:\n" + "\n".join(vague)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters quote MXNet's message whole: a 10 MB attribute value gives a 20 MB error "
-                          "message (printed by the CLI); messages need a length cap (e.g. 300 characters)")
 def test_huge_attribute_message_is_bounded(mx_export, tmp_path, record_property):
     record_property("harden", ("graphs: symbol JSON -> convert", 1))
     from capszoo import exporters
@@ -744,8 +768,69 @@ def test_huge_attribute_message_is_bounded(mx_export, tmp_path, record_property)
     assert len(str(info.value)) < 2000, f"message of {len(str(info.value)):,} characters"
 
 
+def test_huge_node_name_message_is_bounded(mx_export, tmp_path, record_property):
+    record_property("harden", ("graphs: symbol JSON -> convert", 1))
+    from capszoo import exporters
+    from capszoo.errors import GraphFormatError
+    sym = tmp_path / "huge-name-symbol.json"
+    sym.write_text(_node(4, name="n" * 10_000_000, inputs=[[99, 0, 0]])(mx_export["graph"]))
+    with pytest.raises(GraphFormatError, match=r"node 4 \('n{60}\.\.\.', Activation\): input 0 refers to node 99"):
+        exporters.convert_mxnet_to_onnx(sym, mx_export["params"], tmp_path / "o.onnx", input_shape=(1, 3))
+
+
+def _split_graph():
+    """data -> split into 3 -> one head per output (as JSON)."""
+    import mxnet as mx
+    parts = mx.sym.split(mx.sym.var("data"), num_outputs=3, axis=1, name="sp")
+    return json.loads(mx.sym.Group([mx.sym.identity(parts[k], name=f"o{k}") for k in range(3)]).tojson())
+
+
+def test_output_indices_of_a_multi_output_operator(tmp_path, record_property):
+    """Output k of an operator is checked against its own number of outputs (MXNet asked for the node
+    alone): outputs 1 and 2 of a 3-way split are fine, output 3 is not."""
+    record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
+    import mxnet as mx
+    from mxnet.gluon import nn
+    from capszoo import exporters
+    from capszoo.errors import GraphFormatError
+    graph = _split_graph()
+    assert [n["op"] for n in graph["nodes"]] == ["null", "SliceChannel", "_copy", "_copy", "_copy"]
+    assert graph["nodes"][3]["inputs"][0][:2] == [1, 1] and graph["nodes"][4]["inputs"][0][:2] == [1, 2]
+    good = tmp_path / "good-symbol.json"
+    good.write_text(json.dumps(graph))
+    mx.nd.save(str(tmp_path / "good-0000.params"), {})
+    ref = nn.HybridLambda(lambda F, x: F.split(x, num_outputs=3, axis=1))
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    r = exporters.verify_mxnet(good, tmp_path / "good-0000.params", ref, x)
+    assert r["max_abs_diff"] == 0.0 and r["outputs"] == ["o0", "o1", "o2"]
+    graph["nodes"][4]["inputs"][0][1] = 3
+    bad = tmp_path / "bad-symbol.json"
+    bad.write_text(json.dumps(graph))
+    with pytest.raises(GraphFormatError, match=r"is not an MXNet symbol JSON: node 4 \('o2', _copy\): input 0 "
+                                               r"names output 3 of node 1 \('sp', SliceChannel\), which has 3 outputs"):
+        exporters.verify_mxnet(bad, tmp_path / "good-0000.params", ref, x)
+
+
+def test_first_error_line_of_mxnet_messages():
+    """The quoted line is the one that says what is wrong, without MXNet's decorations, and short."""
+    from capszoo.exporters._mxnet import MAX_QUOTE_CHARS, _first_error_line
+    traceback = ('Traceback (most recent call last):\n  File "../3rdparty/tvm/nnvm/src/pass/saveload_json.cc", '
+                 'line 230\nMXNetError: Check failed: e.node_id < jgraph.nodes.size(): ')
+    assert _first_error_line(RuntimeError(traceback)) == "Check failed: e.node_id < jgraph.nodes.size():"
+    stamped = ("MXNetError: Failed loading Op x of type NoSuchOp: [13:44:34] ../3rdparty/tvm/nnvm/src/core/"
+               "op.cc:73: Check failed: op != nullptr: Operator NoSuchOp is not registered")
+    assert _first_error_line(RuntimeError(stamped)) == ("Failed loading Op x of type NoSuchOp: Check failed: "
+                                                        "op != nullptr: Operator NoSuchOp is not registered")
+    assert _first_error_line(RuntimeError("Traceback (most recent call last):\n  File \"a.cc\", line 1\n"
+                                          "something broke")) == "something broke"
+    assert _first_error_line(RuntimeError("")) == "RuntimeError"
+    huge = _first_error_line(RuntimeError("Error: " + "r" * 10_000_000))
+    assert huge.startswith("Error: rrr") and huge.endswith("(10,000,007 characters in all)")
+    assert len(huge) < MAX_QUOTE_CHARS + 50
+
+
 # ---------------------------------------------------------------------------------------------
-# 6. Export .params files to the import paths (exporters._mxnet._load_params: mx.nd.load)
+# 6. Export .params files to the import paths (exporters._mxnet._load_params: capszoo._weights.read_params)
 
 PARAMS_CASES = ["empty", "random-1k", "truncated-at-997", "count-2^62", "shape-2^40-elements", "ndim-2^31-1",
                 "names-count-2^62", "name-length-2^62", "dtype-unknown-99", "unnamed-list"]
@@ -802,12 +887,6 @@ def test_bad_export_params(params_reports, cid, surface, record_property):
     assert "is not an MXNet .params file" in rep["message"] or "unnamed array list" in rep["message"], rep
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_mxnet.py::_load_params reads with mx.nd.load, which trusts the file: "
-                          "declared sizes are allocated (std::bad_alloc under a 2 GB cap), and the messages quote "
-                          "MXNet ('Traceback (most recent call last):', 'vector::_M_default_append'). It needs "
-                          "capszoo._weights.read_params (bounded, named reasons), mapping WeightsFormatError to "
-                          "GraphFormatError, then mx.nd.array of each array")
 def test_export_params_errors_name_the_problem(params_reports, record_property):
     vague = {k: v["message"] for k, v in params_reports.items()
              if not k.startswith(JUNK) and v["error"] and ("Traceback (most recent call last)" in v["message"] or "bad_alloc" in v["message"]
@@ -817,10 +896,6 @@ def test_export_params_errors_name_the_problem(params_reports, record_property):
     assert vague == {}, json.dumps(vague, indent=1)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="exporters/_mxnet.py::_load_params (mx.nd.load) ignores bytes after the parameter list: "
-                          "a corrupt export .params with trailing junk converts and verifies as if whole; "
-                          "capszoo._weights.read_params refuses it ('unexpected bytes after the end')")
 @pytest.mark.parametrize("surface", ["convert", "verify_mxnet"])
 def test_export_params_with_trailing_junk(params_reports, surface, record_property):
     record_property("harden", (f"graphs: .params -> {surface}", 1))
