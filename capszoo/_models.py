@@ -53,7 +53,7 @@ def capsnet_mnist() -> ModelCard:
                        "bounding box scaled to fit 20x20 with its aspect kept, centred by centre of mass "
                        "in 28x28 (as MNIST was made); values / 255"),
         num_params=8_141_840,
-        num_layers=76,
+        num_layers=82,
         subnets=("ReLUConv1", "PrimaryCaps", "PrimaryPredVects", "DigitCaps", "Pick", "Reconstruct"),
         reference=("S. Sabour, N. Frosst, G. E. Hinton, \"Dynamic Routing Between Capsules\", "
                    "NeurIPS 2017, arXiv:1710.09829"),

@@ -187,7 +187,7 @@ class ReducedPrecisionNet(Block):
 
     Its children are the float32 net's sub-nets (shared, as in a NetSlice), so
     ``net["DigitCaps"]``, ``collect_params()`` and :func:`capszoo.net_info` see
-    the float32 architecture (8,141,840 parameters, 76 layers); called on a
+    the float32 architecture (8,141,840 parameters, 82 layers); called on a
     Symbol it traces the float32 graph.
 
     Attributes

@@ -131,7 +131,7 @@ def test_reconstruct_vectors(seeded_model):
 def test_info_figures(seeded_model, seeded_weights):
     info = seeded_model.info()
     assert info.num_params == 8_141_840
-    assert info.num_layers == 76
+    assert info.num_layers == 82
     assert info.arrays["PrimaryPredVects.weight"] == ((1152, 10, 16, 8), 1_474_560)
     assert info.layer_types["Convolution"] == 2 and info.layer_types["FullyConnected"] == 3
     assert info.layer_types["batch_dot"] == 6
@@ -141,7 +141,7 @@ def test_info_figures(seeded_model, seeded_weights):
     assert [s[0] for s in info.subnets] == list(capszoo.SUBNET_NAMES)
     assert sum(s[2] for s in info.subnets) == 8_141_840
     text = capszoo.format_info(info)
-    assert text.splitlines()[0] == "Number of layers: 76 | Parameter count: 8,141,840 | Trained size: 33 MB"
+    assert text.splitlines()[0] == "Number of layers: 82 | Parameter count: 8,141,840 | Trained size: 33 MB"
 
 
 def test_weights_with_wrong_shapes_are_refused(tmp_path):

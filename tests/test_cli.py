@@ -34,10 +34,10 @@ def test_list(runner):
 def test_info_table_and_json(runner):
     r = runner.invoke(main, ["info", "capsnet-mnist"])
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[0] == "Number of layers: 76 | Parameter count: 8,141,840 | Trained size: 33 MB"
+    assert r.output.splitlines()[0] == "Number of layers: 82 | Parameter count: 8,141,840 | Trained size: 33 MB"
     r = runner.invoke(main, ["info", "CapsNet Trained on MNIST Data", "--json"])
     d = json.loads(r.output)
-    assert d["num_params"] == 8_141_840 and d["num_layers"] == 76
+    assert d["num_params"] == 8_141_840 and d["num_layers"] == 82
     assert d["arrays"]["PrimaryCaps.weight"]["elements"] == 5_308_416
 
 

@@ -238,7 +238,7 @@ def test_summary_graphic_svg_and_png(seeded_model, tmp_path):
     assert names == list(SUBNETS)  # every sub-net, once, in data-flow order
     assert "Input" in texts
     header = next(t for t in texts if t.startswith("Number of layers"))
-    assert header == "Number of layers: 76 | Parameter count: 8,141,840 | Trained size: 33 MB"
+    assert header == "Number of layers: 82 | Parameter count: 8,141,840 | Trained size: 33 MB"
     assert "5,308,672 parameters" in texts and "output 10 x 1152 x 16" in texts
     assert len(list(root.iter("{http://www.w3.org/2000/svg}rect"))) == 1 + 7  # background + 7 boxes
     img = vis.summary_graphic(info)
@@ -319,7 +319,7 @@ def test_cli_reconstruct_tweak_features_info(digit_files, seeded_weights, mnist_
     out = tmp_path / "summary.svg"
     r = runner.invoke(main, ["info", "capsnet-mnist", "--graphic", str(out)])
     assert r.exit_code == 0, r.output
-    assert r.stdout.splitlines()[0].startswith("Number of layers: 76") and r.stderr == f"wrote {out}\n"
+    assert r.stdout.splitlines()[0].startswith("Number of layers: 82") and r.stderr == f"wrote {out}\n"
     text = out.read_text()
     assert all(f">{n}<" in text for n in SUBNETS) and "8,141,840" in text
     r = runner.invoke(main, ["info", "capsnet-mnist", "--graphic", str(tmp_path / "summary.png"), "--json"])
