@@ -30,8 +30,10 @@ __all__ = ["OnnxRuntimeNet", "build_runtime_graph", "runtime_graph_bytes", "onnx
 
 #: Outputs of the full net, in order.
 OUTPUT_NAMES = ("probabilities", "capsule", "reconstruction")
-#: The ``location`` recorded for every external initializer of a runtime graph.
-WEIGHTS_LOCATION = "weights.params"
+#: The ``location`` recorded for every external initializer of a runtime graph.  No such file
+#: exists beside the graph: an array missing from the ``.params`` file makes onnxruntime fail
+#: to open it, never read something else.
+WEIGHTS_LOCATION = "weights-are-passed-in-memory.params"
 
 
 def onnxruntime_available() -> bool:
@@ -58,6 +60,12 @@ def runtime_graph_bytes(card) -> bytes:
         raise InvalidInputError(f"the onnxruntime graph {card.runtime_graph} of {card.name} is missing from "
                                 "the installed package; reinstall capszoo or use backend='mxnet'")
     return entry.read_bytes()
+
+
+def _runtime_graph_path(card) -> str:
+    """File path of the shipped runtime graph (checked as :func:`runtime_graph_bytes` does)."""
+    runtime_graph_bytes(card)
+    return os.fspath(importlib.resources.files("capszoo.pretrained") / card.runtime_graph)
 
 
 def build_runtime_graph(card) -> bytes:
@@ -134,7 +142,7 @@ class OnnxRuntimeNet:
                                     "or use backend 'mxnet'") from None
         from ._weights import read_params
 
-        graph = runtime_graph_bytes(card)
+        graph = _runtime_graph_path(card)  # a path, not bytes: external data would resolve against the cwd
         self.card, self.weights_path = card, os.fspath(weights_path)
         # The session reads the arrays in place: keep them alive as long as it lives.
         self._arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in read_params(weights_path).items()}

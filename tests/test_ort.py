@@ -85,6 +85,11 @@ def test_weights_that_do_not_fit_the_graph(tmp_path):
     mx.nd.save(str(bad), arrays)
     with pytest.raises(WeightsFormatError, match=r"wrong-shape.params do not fit the capsnet-mnist graph"):
         _ort.OnnxRuntimeNet(CARD, bad)
+    del arrays["Reconstruct.2.bias"]
+    short = tmp_path / "missing.params"
+    mx.nd.save(str(short), arrays)
+    with pytest.raises(WeightsFormatError, match=r"missing.params do not fit the capsnet-mnist graph"):
+        _ort.OnnxRuntimeNet(CARD, short)
     junk = tmp_path / "junk.params"
     junk.write_bytes(b"not a params file")
     with pytest.raises(WeightsFormatError):
