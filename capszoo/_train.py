@@ -2,18 +2,34 @@
 
 A run directory holds::
 
-    run.json            the recipe and options of the run
-    checkpoint.json     the last completed epoch, its files, the metric history
-    epoch-NNNN.params   weights after epoch NNNN (only the newest is kept)
-    epoch-NNNN.states   optimizer states after epoch NNNN (a pickle: only ever
-                        loaded from this run directory, which capszoo wrote)
-    best.params         the weights with the best validation accuracy
-    metrics.jsonl       one line per completed epoch
+    run.json                     the recipe and options of the run
+    checkpoint.json              the last completed epoch, its files and their sha256, the
+                                 optimizer's scalars (update counts, learning rate, ...), the
+                                 metric history and the best epoch
+    epoch-NNNN.params            weights after epoch NNNN (only the newest is kept)
+    epoch-NNNN.optimizer.params  Adam's moments after epoch NNNN: arrays ``mean:<name>`` and
+                                 ``var:<name>`` per parameter, in the ``.params`` format (data
+                                 only, read by capszoo._weights' strict reader; no pickle)
+    best.params                  the weights with the best validation accuracy
+    metrics.jsonl                one line per completed epoch
 
 Every file is written to a temporary name and renamed, and ``checkpoint.json``
-is replaced last, so a kill at any point leaves the previous checkpoint whole.
-Randomness (split, shuffling, shifts, initialization) is derived from the seed
-and the epoch number, so a resumed run continues exactly as an uninterrupted one.
+is replaced last, so a kill at any point leaves the previous checkpoint whole;
+the temporary files a killed writer leaves are deleted when training starts
+again in the directory.  ``--resume`` checks every field of ``checkpoint.json``
+and the sha256 of both checkpoint files before it uses them.  Randomness (split,
+shuffling, shifts, initialization) is derived from the seed and the epoch
+number, so a resumed run continues exactly as an uninterrupted one (bit for bit
+on CPU with ``OMP_NUM_THREADS=1``).
+
+Checkpoints of format 1 (capszoo before the ``.optimizer.params`` file) name an
+``epoch-NNNN.states`` file instead: a pickle written by ``Trainer.save_states``.
+They still resume.  That pickle is only ever read because ``checkpoint.json`` of
+the run directory names it (a run directory capszoo wrote), and even then not
+with ``pickle.load``: a restricted unpickler accepts only the three globals such
+a file holds (``NDArray``, ``Adam``, ``bytearray``), maps them to inert stand-ins
+that run no code, and the raw array bytes are parsed by capszoo._weights'
+strict reader.  The first checkpoint written after the resume is of format 2.
 
 Distributed training (``kvstore="dist_sync"``, ``"dist_device_sync"`` or
 ``"dist_async"``, in a process started by ``capszoo launch`` as a worker of an
@@ -25,13 +41,24 @@ draw for them, and the summed gradients are normalized by the global batch
 ``W*B``: a ``dist_sync`` job follows the same trajectory as one process with
 batch ``W*B`` (up to float summation order).  Only rank 0 writes the run
 directory; with ``resume`` every worker loads the checkpoint in its own ``out_dir``
-(so a multi-host job needs a shared one) and they check they agree.
+(so a multi-host job needs a shared one) and they check they agree.  In a
+``dist_sync`` job every worker runs the optimizer itself (``update_on_kvstore``
+off), so its state is saved and resumed as in one process; a ``dist_async``
+job's optimizer state lives on the parameter servers: it is not saved
+(``"optimizer": null``) and such a run cannot be resumed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
+import io
 import json
+import math
 import os
+import pickle
+import stat
+import struct
 import sys
 import time
 import zlib
@@ -43,17 +70,44 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from ._context import default_kvstore, parse_ctx
-from ._io import atomic_path, atomic_write_json, atomic_write_text
+from ._io import atomic_write_json, atomic_write_text
 from ._net import CapsNet
+from ._recipe import MAX_EPOCHS
 from ._training_net import CapsNetTrainingNet
-from ._weights import load_params_into, param_shapes, save_params
-from .errors import CheckpointError, DistributedError, InvalidInputError
+from ._weights import (MAX_PARAMS_BYTES, check_params, load_params_into, param_shapes, parse_params, read_params,
+                       save_params, sha256_file)
+from .errors import CheckpointError, DistributedError, InvalidInputError, WeightsFormatError
 
 __all__ = ["TrainResult", "train", "initialize_net", "split_train_validation", "random_shift",
            "predict_probabilities", "check_kvstore", "KVSTORES"]
 
 CHECKPOINT = "checkpoint.json"
-FORMAT_VERSION = 1
+#: The ``format`` of the checkpoint.json this module writes.
+FORMAT_VERSION = 2
+#: The format before: the optimizer state in a pickle (``states``); read, never written.
+LEGACY_FORMAT_VERSION = 1
+#: The top-level keys of checkpoint.json, per format.
+_CHECKPOINT_KEYS = {
+    FORMAT_VERSION: frozenset(("format", "epoch", "params", "optimizer", "sha256", "history", "best",
+                               "architecture")),
+    LEGACY_FORMAT_VERSION: frozenset(("format", "epoch", "params", "states", "history", "best", "architecture")),
+}
+#: Largest checkpoint.json read (10,000 epochs of history take about 4 MB).
+MAX_CHECKPOINT_BYTES = 64 << 20
+#: Largest legacy ``.states`` pickle read (two float32 moments per weight: twice the weights).
+MAX_STATES_BYTES = 2 * MAX_PARAMS_BYTES
+#: The optimizer whose state checkpoints hold (the recipes' ``optimizer.name``).
+OPTIMIZER = "adam"
+#: Adam's per-parameter state, in the order of MXNet's ``Adam.create_state``.
+_MOMENTS = ("mean", "var")
+#: What a killed writer of this module can leave in a run directory: the temporary files of
+#: capszoo._io.atomic_path (``"." + file name + ".XXXXXXXX.tmp"``) for each file it writes
+#: (epoch files of both formats, best.params, checkpoint.json, run.json, metrics.jsonl,
+#: final-rank<R>.params) and train()'s write probe (``.write-test-<pid>``).
+STALE_TEMP_PATTERNS = (".epoch-*.tmp", ".best.params.*.tmp", ".checkpoint.json.*.tmp", ".run.json.*.tmp",
+                       ".metrics.jsonl.*.tmp", ".final-rank*.params.*.tmp", ".write-test-*")
+#: What to do about a checkpoint that cannot be used.
+_FIX = "remove the run directory (or choose another --out) and start again without --resume"
 
 #: The ``kvstore`` values :func:`train` accepts.
 KVSTORES = ("local", "device", "dist_sync", "dist_async", "dist_device_sync")
@@ -241,31 +295,396 @@ def _arch_signature(net):
     return {k: list(v) for k, v in param_shapes(net).items()}
 
 
+def _short(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_plain_name(value):
+    """A file name of the run directory itself: no folder part, not hidden, not '.' or '..'."""
+    return (isinstance(value, str) and 0 < len(value) <= 255 and os.path.basename(value) == value
+            and "/" not in value and "\\" not in value and "\0" not in value and not value.startswith("."))
+
+
+def _is_sha256(value):
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _read_checkpoint(out_dir, net):
+    """The validated ``checkpoint.json`` of ``out_dir`` (a dict), or None when there is none.
+
+    Every field is checked before anything uses it: the format (1 or 2), the
+    architecture (names and shapes of ``net``'s parameters), ``epoch``, the file
+    names (plain names inside the run directory), the sha256 values, the
+    optimizer's scalars (format 2), the history (one record per epoch) and
+    ``best``.  The files themselves are checked when they are loaded (see
+    :func:`_train_loop`).
+
+    Raises
+    ------
+    CheckpointError
+        A ``checkpoint.json`` that is unreadable, of another format or
+        architecture, or has a missing, unexpected or invalid field (the message
+        names the file and the field), or one of a ``dist_async`` run.
+    """
     path = os.path.join(out_dir, CHECKPOINT)
     try:
-        with open(path, encoding="utf-8") as fh:
-            ck = json.load(fh)
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_CHECKPOINT_BYTES:
+                raise ValueError(f"larger than {MAX_CHECKPOINT_BYTES:,} bytes")
+            ck = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is unreadable ({exc}); remove the run directory or start "
                               "without --resume") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a capszoo checkpoint of format {FORMAT_VERSION}")
+
+    def bad(problem):
+        return CheckpointError(f"{path}: {problem}; {_FIX}")
+
+    fmt = ck.get("format") if isinstance(ck, dict) else None
+    if not _is_int(fmt) or fmt not in _CHECKPOINT_KEYS:
+        raise CheckpointError(f"{path} is not a capszoo checkpoint of format {LEGACY_FORMAT_VERSION} or "
+                              f"{FORMAT_VERSION}; {_FIX}")
     if ck.get("architecture") != _arch_signature(net):
         raise CheckpointError(f"{path} was written for another architecture (parameter names or shapes "
                               "differ); use a new --out directory")
-    if "states" in ck and ck["states"] is None:
+    missing, extra = sorted(_CHECKPOINT_KEYS[fmt] - ck.keys()), sorted(ck.keys() - _CHECKPOINT_KEYS[fmt])
+    if missing or extra:
+        raise bad(", ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                            + ([f"unexpected {', '.join(map(_short, extra))}"] if extra else []))
+                  + f" (format {fmt} checkpoints have {', '.join(sorted(_CHECKPOINT_KEYS[fmt]))})")
+    epoch = ck["epoch"]
+    if not _is_int(epoch) or not 1 <= epoch <= MAX_EPOCHS:
+        raise bad(f"epoch must be an integer from 1 to {MAX_EPOCHS}, got {_short(epoch)}")
+    state_key = "states" if fmt == LEGACY_FORMAT_VERSION else "optimizer"
+    if ck[state_key] is None:
         raise CheckpointError(f"{path} was written by a dist_async job, whose optimizer state lives on the "
                               "parameter servers and was not saved: it cannot be resumed; start a new run "
                               "(its weights are in best.params and the epoch-*.params file)")
-    for key in ("params", "states"):
-        fname = ck.get(key)
-        # Only plain file names inside our own run directory: the states file is a pickle.
-        if not isinstance(fname, str) or os.path.basename(fname) != fname or fname.startswith("."):
-            raise CheckpointError(f"{path}: bad {key} entry {fname!r}")
+    # Only plain file names inside our own run directory (a legacy states file is a pickle).
+    if not _is_plain_name(ck["params"]):
+        raise bad(f"bad params entry {_short(ck['params'])} (expected a file name in the run directory)")
+    if fmt == LEGACY_FORMAT_VERSION:
+        if not _is_plain_name(ck["states"]):
+            raise bad(f"bad states entry {_short(ck['states'])} (expected a file name in the run directory)")
+    else:
+        _check_optimizer_scalars(ck["optimizer"], list(param_shapes(net)), bad, with_file=True)
+        sha = ck["sha256"]
+        if not isinstance(sha, dict) or set(sha) != {"params", "optimizer"} or not all(map(_is_sha256,
+                                                                                               sha.values())):
+            raise bad(f"bad sha256 entry {_short(sha)} (expected {{\"params\": <64 hex digits>, "
+                      "\"optimizer\": <64 hex digits>})")
+    history = ck["history"]
+    if not isinstance(history, list) or len(history) != epoch:
+        raise bad(f"history must be a list of {epoch} epoch records (one per completed epoch), got "
+                  + (f"a list of {len(history)}" if isinstance(history, list) else _short(history)))
+    for i, m in enumerate(history):
+        if (not isinstance(m, dict) or not _is_int(m.get("epoch")) or m["epoch"] != i + 1
+                or not all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in m.items())):
+            raise bad(f"history entry {i + 1} must be the metrics of epoch {i + 1} (numbers by name, "
+                      f"\"epoch\": {i + 1}), got {_short(m)}")
+    best = ck["best"]
+    if not isinstance(best, dict) or set(best) != {"epoch", "val_accuracy"}:
+        raise bad(f"best must be {{\"epoch\": E, \"val_accuracy\": A}}, got {_short(best)}")
+    b_epoch, b_acc = best["epoch"], best["val_accuracy"]
+    if not _is_int(b_epoch) or not (b_epoch == -1 or 1 <= b_epoch <= epoch):
+        raise bad(f"best epoch must be -1 (none yet) or an epoch from 1 to {epoch}, got {_short(b_epoch)}")
+    if b_epoch == -1:
+        ok = _is_number(b_acc) and b_acc == -1
+    else:
+        ok = _is_number(b_acc) and 0 <= b_acc <= 1 and b_acc == history[b_epoch - 1].get("val_accuracy")
+    if not ok:
+        raise bad(f"best val_accuracy {_short(b_acc)} is not that of epoch {b_epoch} in the history")
     return ck
+
+
+def _check_optimizer_scalars(opt, names, bad, *, with_file):
+    """Check the optimizer entry of checkpoint.json (or the scalars read from a legacy pickle).
+
+    ``names`` are the net's parameter names; ``bad(problem)`` makes the exception to raise."""
+    keys = {"name", "num_update", "begin_num_update", "update_counts", "lr", "rescale_grad", "wd", "beta1",
+            "beta2", "epsilon", "clip_gradient"} | ({"file"} if with_file else set())
+    if not isinstance(opt, dict) or set(opt) != keys:
+        got = sorted(opt) if isinstance(opt, dict) else _short(opt)
+        raise bad(f"bad optimizer entry: expected an object with {', '.join(sorted(keys))}, got {got}")
+    if opt["name"] != OPTIMIZER:
+        raise bad(f"optimizer name must be {OPTIMIZER!r}, got {_short(opt['name'])}")
+    if with_file and not _is_plain_name(opt["file"]):
+        raise bad(f"bad optimizer file entry {_short(opt['file'])} (expected a file name in the run directory)")
+    for key in ("num_update", "begin_num_update"):
+        if not _is_int(opt[key]) or not 0 <= opt[key] <= 2 ** 53:
+            raise bad(f"optimizer {key} must be an integer from 0 to 2**53, got {_short(opt[key])}")
+    finite = {k: _is_number(opt[k]) and math.isfinite(opt[k]) for k in ("lr", "rescale_grad", "wd", "beta1",
+                                                                         "beta2", "epsilon")}
+    rules = [("lr", finite["lr"] and opt["lr"] > 0, "a finite number > 0"),
+             ("rescale_grad", finite["rescale_grad"] and opt["rescale_grad"] > 0, "a finite number > 0"),
+             ("wd", finite["wd"] and opt["wd"] >= 0, "a finite number >= 0"),
+             ("beta1", finite["beta1"] and 0 <= opt["beta1"] < 1, "a number in [0, 1)"),
+             ("beta2", finite["beta2"] and 0 <= opt["beta2"] < 1, "a number in [0, 1)"),
+             ("epsilon", finite["epsilon"] and opt["epsilon"] > 0, "a finite number > 0"),
+             ("clip_gradient", opt["clip_gradient"] is None or (_is_number(opt["clip_gradient"])
+                                                                and math.isfinite(opt["clip_gradient"])
+                                                                and opt["clip_gradient"] > 0),
+              "null or a finite number > 0")]
+    for key, ok, what in rules:
+        if not ok:
+            raise bad(f"optimizer {key} must be {what}, got {_short(opt[key])}")
+    counts, known = opt["update_counts"], set(names)
+    if (not isinstance(counts, dict)
+            or not all(isinstance(d, str) and d.isdigit() and len(d) <= 6 and isinstance(per, dict)
+                       for d, per in counts.items())):
+        raise bad(f"optimizer update_counts must map device ids to {{parameter name: count}}, got {_short(counts)}")
+    for d, per in counts.items():
+        for name, c in per.items():
+            if name not in known:
+                raise bad(f"optimizer update_counts of device {d} names {_short(name)}, not a parameter of this net")
+            if not _is_int(c) or not opt["begin_num_update"] <= c <= opt["num_update"]:
+                raise bad(f"optimizer update count of {name} on device {d} must be an integer from "
+                          f"begin_num_update to num_update, got {_short(c)}")
+    return opt
+
+
+def _counted_names(scalars):
+    """The parameters Adam has state for: those it has updated (on any device)."""
+    return sorted({n for per in scalars["update_counts"].values() for n in per})
+
+
+def _expected_moments(net, scalars):
+    shapes = param_shapes(net)
+    return {f"{part}:{n}": shapes[n] for n in _counted_names(scalars) for part in _MOMENTS}
+
+
+def _check_sha256(path, expected):
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"{path} has sha256 {actual}, but {CHECKPOINT} records {expected}: the file changed "
+                              f"after its checkpoint was written (a damaged disk or an edit); {_FIX}")
+
+
+def _describe(exc):
+    """The message of an error met while loading a checkpoint file, without advice meant for other files."""
+    text = str(exc).split("; this is not an MXNet .params file")[0]
+    text = text.replace(" Use weights saved from the same architecture.", "")
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    if isinstance(exc, (CheckpointError, WeightsFormatError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- optimizer state: save, read (format 2 and the legacy pickle), restore -------------------
+
+
+def _param_names(trainer, net):
+    """The structural name (the weights-file name) of each of the Trainer's parameter indices."""
+    by_id = {id(p): name for name, p in net._collect_params_with_prefix().items()}
+    return [by_id[id(p)] for p in trainer._params]
+
+
+def _updaters(trainer):
+    """The Updater objects that hold the optimizer state: the Trainer's own (one per context), or
+    the kvstore's when the kvstore runs the optimizer (``update_on_kvstore``: a ``local`` kvstore
+    over several contexts, in this process).  ``dist_async`` is never saved nor resumed: its
+    updater lives on the parameter servers."""
+    if trainer._kv_initialized and trainer._update_on_kvstore:
+        updater = getattr(trainer._kvstore, "_updater", None)
+        if updater is None:
+            raise CheckpointError("the optimizer runs on the parameter servers (dist_async): its state cannot be "
+                                  "saved or restored; use dist_sync for a resumable run")
+        return [updater]
+    return list(trainer._updaters)
+
+
+class _NamedArrays:
+    """Named NDArrays that capszoo._weights.save_params writes like a net's parameters."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def save_parameters(self, path):
+        mx.nd.save(path, self.arrays)
+
+
+def _optimizer_state(trainer, net):
+    """``(moments, scalars)`` of the Trainer's Adam: ``{"mean:<name>"/"var:<name>": NDArray}`` and the
+    scalars of the ``optimizer`` entry of checkpoint.json (without ``file``)."""
+    names = _param_names(trainer, net)
+    updater = _updaters(trainer)[0]   # the contexts' updaters hold equal states (MXNet saves the first too)
+    opt = updater.optimizer
+    if not isinstance(opt, mx.optimizer.Adam):
+        raise CheckpointError(f"cannot checkpoint the state of optimizer {type(opt).__name__}: capszoo "
+                              f"checkpoints hold Adam's")
+    moments = {}
+    for idx, state in sorted(updater.states.items()):
+        if not (isinstance(state, (tuple, list)) and len(state) == len(_MOMENTS)):
+            raise CheckpointError(f"unexpected Adam state for {names[idx]}: {_short(state)}")
+        for part, arr in zip(_MOMENTS, state):
+            moments[f"{part}:{names[idx]}"] = arr
+    scalars = {"name": OPTIMIZER, "num_update": int(opt.num_update), "begin_num_update": int(opt.begin_num_update),
+               "update_counts": {str(dev): {names[i]: int(c) for i, c in sorted(per.items())}
+                                 for dev, per in sorted(opt._all_index_update_counts.items())},
+               "lr": float(opt.lr), "rescale_grad": float(opt.rescale_grad), "wd": float(opt.wd),
+               "beta1": float(opt.beta1), "beta2": float(opt.beta2), "epsilon": float(opt.epsilon),
+               "clip_gradient": None if opt.clip_gradient is None else float(opt.clip_gradient)}
+    return moments, scalars
+
+
+class _Inert:
+    """Stands in for a class named by a legacy states pickle: keeps the pickled data, runs nothing."""
+
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _InertNDArray(_Inert):
+    pass
+
+
+class _InertAdam(_Inert):
+    pass
+
+
+def _bytes_only(data=b""):
+    """``bytearray`` for the legacy unpickler: of bytes only (``bytearray(10**12)`` would allocate)."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError(f"bytearray of {type(data).__name__}")
+    return bytearray(data)
+
+
+class _LegacyStatesUnpickler(pickle.Unpickler):
+    """Reads a ``Trainer.save_states`` pickle of Adam (``(states, optimizer)``) as data only."""
+
+    _GLOBALS = {("mxnet.ndarray.ndarray", "NDArray"): _InertNDArray,
+                ("mxnet.optimizer.optimizer", "Adam"): _InertAdam,
+                ("builtins", "bytearray"): _bytes_only}
+
+    def find_class(self, module, name):
+        try:
+            return self._GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which the Adam state of a capszoo checkpoint never holds "
+                "(refused: unpickling it could run code)") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds a persistent id, which a capszoo checkpoint never does")
+
+
+def _legacy_array(obj, what, path):
+    """The numpy array of a pickled NDArray (its ``MXNDArraySaveRawBytes`` bytes: one record of the
+    ``.params`` format), parsed by capszoo._weights' strict reader."""
+    handle = obj.state.get("handle") if isinstance(obj.state, dict) and obj.args == (None,) else None
+    if not isinstance(handle, (bytes, bytearray)):
+        raise CheckpointError(f"{path}: {what} is not a saved NDArray; {_FIX}")
+    framed = (struct.pack("<QQQ", 0x112, 0, 1) + bytes(handle) + struct.pack("<QQ", 1, len(what))
+              + what.encode())
+    return parse_params(framed, f"{path} ({what})")[what]
+
+
+def _read_legacy_states(path, net, names):
+    """``(moments, scalars)`` from a format-1 ``.states`` pickle (see the module docstring)."""
+    def bad(problem):
+        return CheckpointError(f"{path}: {problem}; {_FIX}")
+
+    if not os.path.isfile(path):
+        raise bad("the optimizer state file is missing" if not os.path.lexists(path) else "not a regular file")
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size > MAX_STATES_BYTES:
+            raise bad(f"larger than {MAX_STATES_BYTES:,} bytes, more than any optimizer state")
+        data = fh.read()
+    obj = _LegacyStatesUnpickler(io.BytesIO(data)).load()
+    if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], dict) and isinstance(obj[1], _InertAdam)
+            and isinstance(obj[1].state, dict)):
+        raise bad(f"not the optimizer state of a capszoo checkpoint (a pickled (states, Adam) pair written by "
+                  f"Trainer.save_states), but {_short(obj)}")
+    states, adam = obj[0], obj[1].state
+    moments = {}
+    for idx, state in states.items():
+        if not _is_int(idx) or not 0 <= idx < len(names):
+            raise bad(f"state of parameter index {_short(idx)}, which this net does not have")
+        if not (isinstance(state, tuple) and len(state) == len(_MOMENTS)
+                and all(isinstance(a, _InertNDArray) for a in state)):
+            raise bad(f"the state of {names[idx]} is not Adam's (mean, var) pair")
+        for part, arr in zip(_MOMENTS, state):
+            moments[f"{part}:{names[idx]}"] = _legacy_array(arr, f"{part}:{names[idx]}", path)
+    if adam.get("lr_scheduler") is not None:
+        raise bad("the optimizer has a learning-rate schedule, which capszoo checkpoints never hold")
+    counts = adam.get("_all_index_update_counts")
+    if not isinstance(counts, dict) or not all(_is_int(d) and 0 <= d < 10 ** 6 and isinstance(per, dict)
+                                               and all(_is_int(i) and 0 <= i < len(names) for i in per)
+                                               for d, per in counts.items()):
+        raise bad(f"bad update counts {_short(counts)}")
+    scalars = {k: adam.get(k) for k in ("num_update", "begin_num_update", "lr", "rescale_grad", "wd", "beta1",
+                                         "beta2", "epsilon", "clip_gradient")}
+    scalars.update(name=OPTIMIZER, update_counts={str(d): {names[i]: c for i, c in per.items()}
+                                                  for d, per in counts.items()})
+    _check_optimizer_scalars(scalars, names, bad, with_file=False)
+    return moments, scalars
+
+
+def _restore_optimizer(trainer, names, moments, scalars):
+    """Give the Trainer's Adam the saved moments (a copy per context) and scalars."""
+    # As Trainer.load_states: the kvstore first (it decides where the optimizer runs).
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    index = {n: i for i, n in enumerate(names)}
+    opt = trainer._optimizer
+    for updater in _updaters(trainer):
+        updater.optimizer = opt
+        updater.states = {index[n]: tuple(mx.nd.array(moments[f"{part}:{n}"], dtype=np.float32) for part in _MOMENTS)
+                          for n in _counted_names(scalars)}
+        updater.states_synced = dict.fromkeys(updater.states, False)  # moved to the weights' context at first use
+    counts = {int(d): {index[n]: c for n, c in per.items()} for d, per in scalars["update_counts"].items()}
+    counts = counts or {0: {}}
+    opt._all_index_update_counts = counts
+    opt._index_update_count = counts[min(counts)]   # re-pointed at each update's device anyway
+    opt.num_update, opt.begin_num_update = scalars["num_update"], scalars["begin_num_update"]
+    for key in ("lr", "rescale_grad", "wd", "beta1", "beta2", "epsilon", "clip_gradient"):
+        setattr(opt, key, scalars[key])
+
+
+def _load_optimizer(trainer, net, out_dir, ck):
+    """Read, check and restore the checkpoint's optimizer state (either format).
+
+    Raises
+    ------
+    CheckpointError
+        Whatever goes wrong (a missing, truncated, corrupt or foreign file, a
+        sha256 mismatch, a refused pickle), naming the file.
+    """
+    names = _param_names(trainer, net)
+    legacy = ck["format"] == LEGACY_FORMAT_VERSION
+    path = os.path.join(out_dir, ck["states"] if legacy else ck["optimizer"]["file"])
+    try:
+        if legacy:
+            moments, scalars = _read_legacy_states(path, net, names)
+            check_params(moments, _expected_moments(net, scalars), source=f"the moments in {path}")
+        else:
+            if not os.path.lexists(path):
+                raise CheckpointError(f"the optimizer state file {path} is missing; {_FIX}")
+            scalars = ck["optimizer"]
+            moments = read_params(path)
+            check_params(moments, _expected_moments(net, scalars), source=f"the moments in {path}")
+            _check_sha256(path, ck["sha256"]["optimizer"])   # last: a specific problem is named first
+        _restore_optimizer(trainer, names, moments, scalars)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (anything: the file is unusable; say which)
+        raise CheckpointError(f"cannot load the optimizer state {path}: {_describe(exc)}; {_FIX}") from exc
 
 
 def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, seed=None, resume=False,
@@ -282,7 +701,10 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         Devices for data parallelism, e.g. ``"cpu"``, ``"cpu:0,cpu:1"``, ``"gpu:0,gpu:1"``.
     out_dir : str
         Run directory (created).  With ``resume=True`` training continues from
-        its last checkpoint.
+        its last checkpoint (format 2, or format 1 with a pickled optimizer
+        state: see the module docstring), after checking every field of its
+        ``checkpoint.json`` and the sha256 of its files.  Temporary files a
+        killed run left in it are deleted first (rank 0).
     epochs, batch_size, seed : int, optional
         Override the recipe's ``[train]`` values.
     kvstore : str or mxnet.kvstore.KVStore, optional
@@ -300,6 +722,18 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    CheckpointError
+        ``out_dir`` cannot be written (also a full disk during training: the
+        message names the file), already holds a run and ``resume`` is false,
+        or its checkpoint cannot be resumed (a bad ``checkpoint.json`` field,
+        a missing, damaged or changed optimizer state or sha256 mismatch).
+    WeightsFormatError
+        The checkpoint's weights file is missing or not valid for the net.
+    InvalidInputError, DistributedError
+        Bad arguments; a distributed job that cannot run.
     """
     recipe = recipe.replace_train(epochs=epochs, batch_size=batch_size, seed=seed)
     cfg = recipe.train
@@ -361,6 +795,8 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
 
 def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck, out_dir,
                 tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress):
+    if rank == 0:  # before any write: what a killed process left (only rank 0 writes the run directory)
+        _remove_stale_temp_files(out_dir)
     # Each worker of a distributed job trains on its own part of each global batch.
     steps = len(tr_images) // (cfg.batch_size * num_workers)
     if max_steps_per_epoch:
@@ -387,10 +823,16 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
     grad_scale = num_workers if dist and not dist_async else 1
 
     history, start_epoch, best = [], 0, {"epoch": -1, "val_accuracy": -1.0}
-    if ck is not None:
-        load_params_into(net, os.path.join(out_dir, ck["params"]), ctx=ctxs)
-        trainer.load_states(os.path.join(out_dir, ck["states"]))
-        history, start_epoch, best = list(ck["history"]), int(ck["epoch"]), dict(ck["best"])
+    if ck is not None:  # _read_checkpoint checked every field; the files are checked here
+        params_path = os.path.join(out_dir, ck["params"])
+        load_params_into(net, params_path, ctx=ctxs)   # WeightsFormatError: a missing or damaged file
+        if ck["format"] == FORMAT_VERSION:
+            try:
+                _check_sha256(params_path, ck["sha256"]["params"])
+            except OSError as exc:
+                raise CheckpointError(f"cannot read {params_path}: {exc.strerror}; {_FIX}") from None
+        _load_optimizer(trainer, net, out_dir, ck)
+        history, start_epoch, best = [dict(m) for m in ck["history"]], ck["epoch"], dict(ck["best"])
     if dist:
         init_diff = _broadcast_params(kv, net, ctxs)
         if init_diff > 0:
@@ -399,10 +841,10 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         if not dist_async:
             kv.init(_KEY_METRICS, mx.nd.zeros(4, dtype="float64"))
     if ck is None and rank == 0:
-        atomic_write_json(os.path.join(out_dir, "run.json"),
-                          {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
-                           "kvstore": kv if isinstance(kv, str) else kv.type,
-                           "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        with _writing(os.path.join(out_dir, "run.json")) as path:
+            atomic_write_json(path, {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
+                                     "kvstore": kv if isinstance(kv, str) else kv.type,
+                                     "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     train_net.hybridize(static_alloc=True)
     net.hybridize(static_alloc=True)
 
@@ -459,33 +901,93 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         if va_probs is not None and va_acc > best["val_accuracy"]:
             best = {"epoch": epoch + 1, "val_accuracy": va_acc}
             if rank == 0:
-                save_params(net, os.path.join(out_dir, "best.params"))
+                with _writing(os.path.join(out_dir, "best.params")) as path:
+                    save_params(net, path)
         if rank == 0:
             _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async)
         if log:
             log(metrics)
     if best["epoch"] < 0 and rank == 0:  # no validation data: the last weights are the result
-        save_params(net, os.path.join(out_dir, "best.params"))
+        with _writing(os.path.join(out_dir, "best.params")) as path:
+            save_params(net, path)
     if os.environ.get(SAVE_ALL_RANKS_ENV, "") not in ("", "0"):  # checking that workers agree
-        save_params(net, os.path.join(out_dir, f"final-rank{rank}.params"))
+        with _writing(os.path.join(out_dir, f"final-rank{rank}.params")) as path:
+            save_params(net, path)
     return TrainResult(out_dir, len(history), best["epoch"], best["val_accuracy"], tuple(history))
 
 
+@contextlib.contextmanager
+def _writing(path):
+    """Turn an OSError of writing ``path`` (a full disk, a file size limit, permissions) into a
+    CheckpointError that names the file.  Yields ``path``."""
+    try:
+        yield path
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint file {path}: {exc.strerror or exc}; free some space or "
+                              "choose another --out") from None
+
+
+def _remove_stale_temp_files(out_dir):
+    """Delete the temporary files a killed writer left in ``out_dir`` (:data:`STALE_TEMP_PATTERNS`).
+
+    Only regular files (or symlinks) with those names, never folders; a file that
+    cannot be deleted is left.  Returns the names deleted."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in STALE_TEMP_PATTERNS):
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
 def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True):
-    params, states = f"epoch-{epoch:04d}.params", f"epoch-{epoch:04d}.states"
-    save_params(net, os.path.join(out_dir, params))
+    """Write the checkpoint of ``epoch``: weights, optimizer state, then checkpoint.json and metrics.jsonl.
+
+    Each file is written atomically and hashed; ``checkpoint.json`` (which names the
+    files and records their sha256) replaces the previous one only once both are
+    whole, then the previous epoch's files are deleted.  ``save_states=False``
+    (``dist_async``) records ``"optimizer": null``.
+
+    Raises
+    ------
+    CheckpointError
+        A file cannot be written (full disk, file size limit, permissions).
+    """
+    params, opt_file = f"epoch-{epoch:04d}.params", f"epoch-{epoch:04d}.optimizer.params"
+    with _writing(os.path.join(out_dir, params)) as path:
+        save_params(net, path)
+        sha = {"params": sha256_file(path)}
     if save_states:
-        with atomic_path(os.path.join(out_dir, states)) as tmp:
-            trainer.save_states(tmp)
+        moments, scalars = _optimizer_state(trainer, net)
+        with _writing(os.path.join(out_dir, opt_file)) as path:
+            save_params(_NamedArrays(moments), path)   # the .params format, through capszoo._weights
+            sha["optimizer"] = sha256_file(path)
+        optimizer = dict(scalars, file=opt_file)
     else:  # dist_async: the optimizer state is on the servers
-        states = None
-    ck = {"format": FORMAT_VERSION, "epoch": epoch, "params": params, "states": states,
+        optimizer, opt_file = None, None
+    ck = {"format": FORMAT_VERSION, "epoch": epoch, "params": params, "optimizer": optimizer, "sha256": sha,
           "history": history, "best": best, "architecture": _arch_signature(net)}
-    atomic_write_json(os.path.join(out_dir, CHECKPOINT), ck)
-    atomic_write_text(os.path.join(out_dir, "metrics.jsonl"),
-                      "".join(json.dumps(m) + "\n" for m in history))
-    for f in os.listdir(out_dir):  # drop older epoch files, after the new checkpoint is in place
-        if f.startswith("epoch-") and f not in (params, states) and not f.endswith(".tmp"):
+    with _writing(os.path.join(out_dir, CHECKPOINT)) as path:
+        atomic_write_json(path, ck)
+    with _writing(os.path.join(out_dir, "metrics.jsonl")) as path:
+        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in history))
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        names = []
+    for f in names:  # drop older epoch files (of either format), after the new checkpoint is in place
+        if f.startswith("epoch-") and f not in (params, opt_file) and not f.endswith(".tmp"):
             try:
                 os.unlink(os.path.join(out_dir, f))
             except OSError:

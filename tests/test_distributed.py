@@ -311,8 +311,9 @@ def test_two_workers_match_one_process_on_the_combined_batches(mnist_dir, tmp_pa
     for w in ("worker 0", "worker 1"):
         assert f"[{w}] epoch 1: loss" in stdout, stdout
     # Only rank 0 wrote the run (the final-rank files are the opt-in CAPSZOO_SAVE_ALL_RANKS).
-    assert sorted(os.listdir(out)) == ["best.params", "checkpoint.json", "epoch-0001.params", "epoch-0001.states",
-                                       "final-rank0.params", "final-rank1.params", "metrics.jsonl", "run.json"]
+    assert sorted(os.listdir(out)) == ["best.params", "checkpoint.json", "epoch-0001.optimizer.params",
+                                       "epoch-0001.params", "final-rank0.params", "final-rank1.params",
+                                       "metrics.jsonl", "run.json"]
     run = json.loads((out / "run.json").read_text())
     assert run["num_workers"] == 2 and run["kvstore"] == "dist_sync"
     hist = json.loads((out / "checkpoint.json").read_text())["history"]
@@ -333,6 +334,35 @@ def test_two_workers_match_one_process_on_the_combined_batches(mnist_dir, tmp_pa
     assert a["train_images"] == b["train_images"] == 2 * BATCH * STEPS
     assert abs(a["train_loss"] - b["train_loss"]) < 1e-6 and a["train_accuracy"] == b["train_accuracy"]
     assert a["val_accuracy"] == b["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_dist_sync_resume_is_bit_identical(mnist_dir, tmp_path):
+    """A dist_sync job of 2 epochs == one of 1 epoch then --resume to 2 (every worker loads the checkpoint):
+    the workers' final weights, the checkpoint's Adam state and metrics, bit for bit.  dist_sync runs the
+    optimizer on each worker (update_on_kvstore off), so its state is saved as in one process."""
+    env = _env()
+
+    def job(out, epochs, *more):
+        j = _Job(["-n", "2", "-s", "1", "--timeout", "240", "--env", "CAPSZOO_SAVE_ALL_RANKS=1", "--",
+                  *_train_args(mnist_dir, out, "--max-steps", str(STEPS), "--epochs", str(epochs), *more)], env)
+        rc, stdout, err = j.wait(timeout=300)
+        assert rc == 0, err + stdout
+        assert _alive(j.pids().values()) == []
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    job(ref, 2)
+    job(run, 1)
+    assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1
+    job(run, 2, "--resume")
+    for name in ("final-rank0.params", "final-rank1.params", "epoch-0002.params", "epoch-0002.optimizer.params"):
+        assert _maxdiff(read_params(ref / name), read_params(run / name)) == 0.0, name
+    ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (ref, run))
+    assert ca["optimizer"] == cb["optimizer"] and ca["sha256"] == cb["sha256"]
+    assert ca["optimizer"]["num_update"] == 2 * STEPS and ca["optimizer"]["rescale_grad"] == 1 / (2 * BATCH)
+    timing = ("images_per_second", "epoch_seconds")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in ca["history"]] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in cb["history"]]
 
 
 @pytest.mark.slow

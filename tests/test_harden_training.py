@@ -16,11 +16,17 @@ Tolerance: 0 (bit-identical weights, Adam states and metrics).  It holds because
   how many numbers an earlier, killed process drew;
 * the CPU kernels are deterministic with one OpenMP thread (``OMP_NUM_THREADS=1``:
   each reduction is summed in one fixed order);
-* a checkpoint holds the exact float32 parameters (``.params``) and the exact Adam
-  state (``.states``: both moments and the update counts behind the bias
-  correction), and a resumed epoch starts from the learning rate of its epoch
-  number; the checkpoint is only referenced by ``checkpoint.json`` (replaced last)
-  once both files are whole.
+* a checkpoint holds the exact float32 parameters (``epoch-NNNN.params``) and the
+  exact Adam state (both moments in ``epoch-NNNN.optimizer.params``, the update
+  counts behind the bias correction and the other scalars in ``checkpoint.json``),
+  and a resumed epoch starts from the learning rate of its epoch number; the
+  checkpoint is only referenced by ``checkpoint.json`` (replaced last, with the
+  sha256 of both files) once both files are whole.
+
+A run directory of checkpoint format 1 (the optimizer state in a pickled
+``epoch-NNNN.states``, written by capszoo before format 2) resumes too, bit for
+bit (:func:`test_legacy_checkpoint_resumes_bit_identical`); its broken variants
+are :data:`LEGACY_CASES`.
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ KILL_POINTS = [
     ("random-moment-after-epoch-1", "a seeded random moment 0-3 s after epoch 1's checkpoint.json appears "
                                     "(training epoch 2 or writing its checkpoint)"),
     ("writing-epoch-2-params", "the moment .epoch-0002.params.*.tmp appears (save_params of the checkpoint)"),
-    ("writing-epoch-2-states", "the moment .epoch-0002.states.*.tmp appears (Trainer.save_states)"),
+    ("writing-epoch-2-optimizer", "the moment .epoch-0002.optimizer.params.*.tmp appears (Adam's moments)"),
 ]
 
 
@@ -77,17 +83,14 @@ def _ck_epoch(run):
         return 0
 
 
-def _states_arrays(path):
-    """The Adam state of a .states file as {key: bytes} (moments bit for bit) plus the update counts."""
-    import mxnet as mx
-    states, optimizer = pickle.loads(pathlib.Path(path).read_bytes())
-    out = {}
-    for k, v in states.items():
-        for i, a in enumerate(v if isinstance(v, (tuple, list)) else [v]):
-            out[f"{k}/{i}"] = a.asnumpy().tobytes() if isinstance(a, mx.nd.NDArray) else repr(a)
-    out["num_update"] = optimizer.num_update
-    out["index_update_count"] = sorted(optimizer._index_update_count.items())
-    return out
+def _optimizer_state(run):
+    """The Adam state of a run's checkpoint: its moments as {name: bytes} (bit for bit) and the scalars of
+    checkpoint.json (update counts, num_update, lr, ...; the file name and sha256 included)."""
+    from capszoo._weights import read_params
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["format"] == 2, ck["format"]
+    moments = {k: a.tobytes() for k, a in read_params(run / ck["optimizer"]["file"]).items()}
+    return {"moments": moments, "scalars": ck["optimizer"], "sha256": ck["sha256"]}
 
 
 def _metrics(run):
@@ -125,7 +128,7 @@ def _kill_and_resume(point, mnist_dir, run, duration, rng):
             time.sleep(0.005)
         trigger = f"{delay:.2f} s after epoch 1's checkpoint"
     else:
-        prefix = ".epoch-0002.params." if point == "writing-epoch-2-params" else ".epoch-0002.states."
+        prefix = ".epoch-0002.params." if point == "writing-epoch-2-params" else ".epoch-0002.optimizer.params."
         trigger = None
         while time.monotonic() < deadline and p.poll() is None:
             if run.is_dir() and any(f.startswith(prefix) and f.endswith(".tmp") for f in os.listdir(run)):
@@ -180,18 +183,14 @@ def test_kill_9_then_resume_is_bit_identical(point, reference, killed_runs, reco
         assert a.keys() == b.keys()
         differ = [k for k in a if a[k].tobytes() != b[k].tobytes()]
         assert differ == [], f"{name}: {differ} differ (tolerance 0)"
-    assert _states_arrays(ref / "epoch-0003.states") == _states_arrays(run / "epoch-0003.states")
+    assert _optimizer_state(run) == _optimizer_state(ref)
     assert _metrics(run) == _metrics(ref)
     assert (run / "metrics.jsonl").read_text().count("\n") == 3
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="capszoo/_train.py never removes a killed writer's temporary files: a kill during a "
-                          "checkpoint leaves .epoch-NNNN.params.XXXX.tmp (up to 33 MB) or .states (65 MB) in the "
-                          "run directory for good (_write_checkpoint's clean-up skips names starting with '.'). "
-                          "train(resume=True) needs to delete stale '.epoch-*.tmp' / '.best.params.*.tmp' / "
-                          "'.checkpoint.json.*.tmp' files of its run directory (rank 0) before training")
 def test_resume_removes_stale_temp_files(killed_runs, record_property):
+    """A kill during a checkpoint leaves .epoch-NNNN.params.XXXX.tmp (up to 33 MB) or .optimizer.params (65 MB):
+    train() deletes such files of its run directory (rank 0, capszoo._train.STALE_TEMP_PATTERNS) before training."""
     record_property("harden", ("training: kill -9 then --resume", 1))
     left = {p: st["temp_files_after_resume"] for p, st in killed_runs.items() if st["temp_files_at_kill"]}
     if not left:
@@ -239,32 +238,74 @@ def _nan_params(run):
     _replace(run / "epoch-0003.params", hw.encode(arrays))
 
 
+def _nan_moment(run):
+    from capszoo._weights import read_params
+    sys.path.insert(0, str(HERE))
+    import test_harden_weights as hw
+    arrays = read_params(run / OPT)
+    arrays["var:PrimaryCaps.bias"] = arrays["var:PrimaryCaps.bias"].copy()
+    arrays["var:PrimaryCaps.bias"][5] = np.inf
+    _replace(run / OPT, hw.encode(arrays))
+
+
 def _small_params(run):
     sys.path.insert(0, str(HERE))
     import test_harden_weights as hw
     _replace(run / "epoch-0003.params", hw.SMALL)
 
 
-def _code_running_states(run):
-    """A protocol-0 pickle calling os.mkdir(run / "pwned") when loaded (benign, but it is code)."""
-    _replace(run / "epoch-0003.states", b"cos\nmkdir\n(V" + str(run / "pwned").encode() + b"\ntR.")
+def _code_running_pickle(path):
+    """A protocol-0 pickle calling os.mkdir(<run>/pwned) when loaded (benign, but it is code)."""
+    def mutate(run):
+        _replace(run / path, b"cos\nmkdir\n(V" + str(run / "pwned").encode() + b"\ntR.")
+    return mutate
 
 
-def _flip_mantissa(run):
-    """Flip the lowest mantissa byte of one PrimaryCaps weight: a finite, wrong value."""
-    from capszoo._weights import read_params
-    path = run / "epoch-0003.params"
-    pos = 24
-    for k, a in read_params(path).items():
-        pos += 12 + 8 * a.ndim + 12
-        if k == "PrimaryCaps.weight":
-            _flip(path, pos + 4 * 1000)
-            return
-        pos += a.nbytes
-    raise AssertionError("PrimaryCaps.weight not found")
+def _flip_mantissa(fname, key):
+    """Flip the lowest mantissa byte of one value of array ``key`` of ``fname``: a finite, wrong value."""
+    def mutate(run):
+        from capszoo._weights import read_params
+        path = run / fname
+        pos = 24
+        for k, a in read_params(path).items():
+            pos += 12 + 8 * a.ndim + 12
+            if k == key:
+                _flip(path, pos + 4 * min(1000, a.size - 1))
+                return
+            pos += a.nbytes
+        raise AssertionError(f"{key} not found")
+    return mutate
 
 
-#: (id, mutation of a copy of the finished reference run, expected errors, regex, known gap or None)
+def _ck_edit_in(key, **changes):
+    """Change (or, with ..., remove) entries of the object ``key`` of checkpoint.json."""
+    def mutate(run):
+        ck = json.loads((run / "checkpoint.json").read_text())
+        for k, v in changes.items():
+            if v is ...:
+                ck[key].pop(k, None)
+            else:
+                ck[key][k] = v
+        _replace(run / "checkpoint.json", json.dumps(ck).encode())
+    return mutate
+
+
+def _ck_apply(fn):
+    """checkpoint.json changed by ``fn(ck)`` (in place)."""
+    def mutate(run):
+        ck = json.loads((run / "checkpoint.json").read_text())
+        fn(ck)
+        _replace(run / "checkpoint.json", json.dumps(ck).encode())
+    return mutate
+
+
+#: The optimizer state file of the reference run (checkpoint format 2: Adam's moments, .params format).
+OPT = "epoch-0003.optimizer.params"
+
+#: (id, mutation of a copy of the finished reference run, expected errors, regex, known gap or None).
+#: A known gap (a strict xfail) is a reason string; none is left: the gaps of capszoo/_train.py listed
+#: here before (unchecked checkpoint.json fields, unwrapped optimizer-state loading, no sha256, a pickled
+#: optimizer state) are closed.
 RUN_DIR_CASES = [
     ("params-file-deleted", lambda r: (r / "epoch-0003.params").unlink(),
      ("WeightsFormatError",), r"epoch-0003\.params: no such file", None),
@@ -280,59 +321,168 @@ RUN_DIR_CASES = [
     ("params-of-another-net", _small_params, ("WeightsFormatError",), r"missing ReLUConv1\.weight", None),
     ("params-is-a-folder", lambda r: ((r / "epoch-0003.params").unlink(), (r / "epoch-0003.params").mkdir()),
      ("WeightsFormatError",), r"not a regular file", None),
+    ("params-byte-flipped-in-data", _flip_mantissa("epoch-0003.params", "PrimaryCaps.weight"),
+     ("CheckpointError",), r"epoch-0003\.params has sha256 [0-9a-f]{64}, but checkpoint\.json records", None),
     ("checkpoint-json-truncated", lambda r: _replace(r / "checkpoint.json", (r / "checkpoint.json").read_bytes()[:50]),
      ("CheckpointError",), r"checkpoint\.json is unreadable", None),
     ("checkpoint-json-binary", lambda r: _replace(r / "checkpoint.json", b"\xff\xfe\x00garbage"),
      ("CheckpointError",), r"checkpoint\.json is unreadable", None),
+    ("checkpoint-json-nested-deeply", lambda r: _replace(r / "checkpoint.json", b"[" * 100_000 + b"]" * 100_000),
+     ("CheckpointError",), r"checkpoint\.json is unreadable", None),
     ("checkpoint-json-a-list", lambda r: _replace(r / "checkpoint.json", b"[]"),
      ("CheckpointError",), r"not a capszoo checkpoint of format 1", None),
-    ("checkpoint-json-format-2", _ck_edit(format=2), ("CheckpointError",), r"not a capszoo checkpoint", None),
+    ("checkpoint-json-format-3", _ck_edit(format=3), ("CheckpointError",), r"not a capszoo checkpoint", None),
+    ("checkpoint-json-format-true", _ck_edit(format=True), ("CheckpointError",), r"not a capszoo checkpoint", None),
+    ("checkpoint-unknown-key", _ck_edit(states="epoch-0003.states"), ("CheckpointError",),
+     r"unexpected 'states' \(format 2 checkpoints have", None),
     ("checkpoint-params-escapes", _ck_edit(params="../reference/epoch-0003.params"),
      ("CheckpointError",), r"bad params entry", None),
     ("checkpoint-params-absolute", _ck_edit(params="/etc/passwd"), ("CheckpointError",), r"bad params entry", None),
     ("checkpoint-params-null", _ck_edit(params=None), ("CheckpointError",), r"bad params entry None", None),
-    ("checkpoint-states-hidden-file", _ck_edit(states=".epoch-0003.states"), ("CheckpointError",),
-     r"bad states entry", None),
-    # -- known gaps (capszoo/_train.py, not changed here)
-    ("states-file-deleted", lambda r: (r / "epoch-0003.states").unlink(),
-     ("CheckpointError",), r"epoch-0003\.states", "missing states: Trainer.load_states' open() raises FileNotFoundError"),
-    ("states-truncated", lambda r: _replace(r / "epoch-0003.states", (r / "epoch-0003.states").read_bytes()[:1 << 20]),
-     ("CheckpointError",), r"epoch-0003\.states", "pickle.loads raises UnpicklingError"),
-    ("states-empty", lambda r: _replace(r / "epoch-0003.states", b""),
-     ("CheckpointError",), r"epoch-0003\.states", "pickle.loads raises EOFError"),
-    ("states-is-a-params-file", lambda r: _replace(r / "epoch-0003.states", (r / "best.params").read_bytes()),
-     ("CheckpointError",), r"epoch-0003\.states", "pickle.loads raises UnpicklingError"),
-    ("states-pickle-of-wrong-object", lambda r: _replace(r / "epoch-0003.states", pickle.dumps({"a": 1})),
-     ("CheckpointError",), r"epoch-0003\.states", "Updater.set_states unpacks it: ValueError"),
-    ("checkpoint-epoch-not-a-number", _ck_edit(epoch="three"), ("CheckpointError",), r"epoch",
-     "int(ck['epoch']) raises ValueError"),
-    ("checkpoint-history-null", _ck_edit(history=None), ("CheckpointError",), r"history",
-     "list(ck['history']) raises TypeError"),
-    ("checkpoint-best-missing", _ck_edit(best=...), ("CheckpointError",), r"best", "ck['best'] raises KeyError"),
-    ("params-byte-flipped-in-data", _flip_mantissa,
-     ("CheckpointError", "WeightsFormatError"), r"epoch-0003\.params",
-     "=capszoo/_train.py::_write_checkpoint records no sha256 of the params and states files in "
-     "checkpoint.json: one flipped bit in the weights (a finite value) is resumed from silently; it needs "
-     "the sha256 of both files in checkpoint.json, checked by _read_checkpoint (CheckpointError)"),
-    ("states-pickle-runs-code", _code_running_states, ("CheckpointError",), r"epoch-0003\.states",
-     "=capszoo/_train.py saves the optimizer state with Trainer.save_states, a pickle, and --resume unpickles "
-     "it: a crafted epoch-NNNN.states runs code (here it only makes a folder 'pwned'); it needs a data-only "
-     "format (Adam's moments as a .params file via capszoo._weights, the update counts and lr in "
-     "checkpoint.json)"),
+    ("checkpoint-epoch-not-a-number", _ck_edit(epoch="three"), ("CheckpointError",),
+     r"epoch must be an integer from 1 to 10000, got 'three'", None),
+    ("checkpoint-epoch-zero", _ck_edit(epoch=0), ("CheckpointError",), r"epoch must be an integer from 1", None),
+    ("checkpoint-epoch-true", _ck_edit(epoch=True), ("CheckpointError",), r"epoch must be an integer from 1", None),
+    ("checkpoint-epoch-huge", _ck_edit(epoch=10 ** 30), ("CheckpointError",), r"epoch must be an integer", None),
+    ("checkpoint-epoch-missing", _ck_edit(epoch=...), ("CheckpointError",), r"missing epoch", None),
+    ("checkpoint-history-null", _ck_edit(history=None), ("CheckpointError",),
+     r"history must be a list of 3 epoch records", None),
+    ("checkpoint-history-too-short", _ck_apply(lambda ck: ck["history"].pop()), ("CheckpointError",),
+     r"history must be a list of 3 epoch records .*got a list of 2", None),
+    ("checkpoint-history-entry-a-string", _ck_apply(lambda ck: ck["history"].__setitem__(1, "epoch 2")),
+     ("CheckpointError",), r"history entry 2 must be the metrics of epoch 2", None),
+    ("checkpoint-history-out-of-order", _ck_apply(lambda ck: ck["history"].reverse()), ("CheckpointError",),
+     r"history entry 1 must be the metrics of epoch 1", None),
+    ("checkpoint-history-value-a-list", _ck_apply(lambda ck: ck["history"][0].update(train_loss=[1])),
+     ("CheckpointError",), r"history entry 1", None),
+    ("checkpoint-best-missing", _ck_edit(best=...), ("CheckpointError",), r"missing best", None),
+    ("checkpoint-best-a-number", _ck_edit(best=0.99), ("CheckpointError",), r"best must be", None),
+    ("checkpoint-best-epoch-beyond", _ck_edit_in("best", epoch=9), ("CheckpointError",),
+     r"best epoch must be -1 \(none yet\) or an epoch from 1 to 3, got 9", None),
+    ("checkpoint-best-accuracy-edited", _ck_edit_in("best", val_accuracy=0.999), ("CheckpointError",),
+     r"best val_accuracy 0\.999 is not that of epoch", None),
+    ("checkpoint-optimizer-not-an-object", _ck_edit(optimizer=OPT), ("CheckpointError",),
+     r"bad optimizer entry", None),
+    ("checkpoint-optimizer-file-escapes", _ck_edit_in("optimizer", file="../reference/" + OPT),
+     ("CheckpointError",), r"bad optimizer file entry", None),
+    ("checkpoint-optimizer-file-hidden", _ck_edit_in("optimizer", file="." + OPT),
+     ("CheckpointError",), r"bad optimizer file entry", None),
+    ("checkpoint-optimizer-names-missing-file", _ck_edit_in("optimizer", file="epoch-0009.optimizer.params"),
+     ("CheckpointError",), r"epoch-0009\.optimizer\.params is missing", None),
+    ("checkpoint-optimizer-name-sgd", _ck_edit_in("optimizer", name="sgd"), ("CheckpointError",),
+     r"optimizer name must be 'adam', got 'sgd'", None),
+    ("checkpoint-optimizer-num-update-string", _ck_edit_in("optimizer", num_update="6"), ("CheckpointError",),
+     r"optimizer num_update must be an integer", None),
+    ("checkpoint-optimizer-lr-nan", _ck_edit_in("optimizer", lr=float("nan")), ("CheckpointError",),
+     r"optimizer lr must be a finite number > 0, got nan", None),
+    ("checkpoint-optimizer-beta1-one", _ck_edit_in("optimizer", beta1=1.0), ("CheckpointError",),
+     r"optimizer beta1 must be a number in \[0, 1\)", None),
+    ("checkpoint-optimizer-key-missing", _ck_edit_in("optimizer", rescale_grad=...), ("CheckpointError",),
+     r"bad optimizer entry: expected an object with", None),
+    ("checkpoint-optimizer-count-negative",
+     _ck_apply(lambda ck: ck["optimizer"]["update_counts"]["0"].update({"ReLUConv1.weight": -1})),
+     ("CheckpointError",), r"update count of ReLUConv1\.weight on device 0 must be an integer", None),
+    ("checkpoint-optimizer-count-of-unknown-parameter",
+     _ck_apply(lambda ck: ck["optimizer"]["update_counts"]["0"].update({"Bogus.weight": 1})),
+     ("CheckpointError",), r"names 'Bogus\.weight', not a parameter of this net", None),
+    ("checkpoint-optimizer-count-dropped",
+     _ck_apply(lambda ck: ck["optimizer"]["update_counts"]["0"].pop("ReLUConv1.weight")),
+     ("CheckpointError",), r"epoch-0003\.optimizer\.params: .*unexpected mean:ReLUConv1\.weight", None),
+    ("checkpoint-optimizer-bad-device-id",
+     _ck_apply(lambda ck: ck["optimizer"]["update_counts"].update({"cpu": {}})),
+     ("CheckpointError",), r"update_counts must map device ids", None),
+    ("checkpoint-sha256-missing", _ck_edit(sha256=...), ("CheckpointError",), r"missing sha256", None),
+    ("checkpoint-sha256-not-hex", _ck_edit_in("sha256", params="0" * 63 + "g"), ("CheckpointError",),
+     r"bad sha256 entry", None),
+    ("checkpoint-sha256-swapped",
+     _ck_apply(lambda ck: ck.update(sha256={"params": ck["sha256"]["optimizer"], "optimizer": ck["sha256"]["params"]})),
+     ("CheckpointError",), r"epoch-0003\.params has sha256 [0-9a-f]{64}, but checkpoint\.json records", None),
+    ("optimizer-file-deleted", lambda r: (r / OPT).unlink(), ("CheckpointError",),
+     r"optimizer state file .*epoch-0003\.optimizer\.params is missing", None),
+    ("optimizer-truncated", lambda r: _replace(r / OPT, (r / OPT).read_bytes()[:1 << 20]), ("CheckpointError",),
+     r"cannot load the optimizer state .*epoch-0003\.optimizer\.params: .*larger than the file", None),
+    ("optimizer-empty", lambda r: _replace(r / OPT, b""), ("CheckpointError",),
+     r"epoch-0003\.optimizer\.params: 0 bytes is too short", None),
+    ("optimizer-is-a-folder", lambda r: ((r / OPT).unlink(), (r / OPT).mkdir()), ("CheckpointError",),
+     r"epoch-0003\.optimizer\.params: not a regular file", None),
+    ("optimizer-is-a-weights-file", lambda r: _replace(r / OPT, (r / "best.params").read_bytes()),
+     ("CheckpointError",), r"epoch-0003\.optimizer\.params.*missing mean:", None),
+    ("optimizer-inf", _nan_moment, ("CheckpointError",),
+     r"epoch-0003\.optimizer\.params.*var:PrimaryCaps\.bias holds 1 NaN/inf values", None),
+    ("optimizer-byte-flipped-in-data", _flip_mantissa(OPT, "var:PrimaryCaps.weight"), ("CheckpointError",),
+     r"epoch-0003\.optimizer\.params has sha256 [0-9a-f]{64}, but checkpoint\.json records", None),
+    ("optimizer-is-a-code-running-pickle", _code_running_pickle(OPT), ("CheckpointError",),
+     r"epoch-0003\.optimizer\.params: .*wrong magic number", None),
 ]
 
-_TRAIN_GAP = ("capszoo/_train.py::_train_loop calls trainer.load_states and reads checkpoint.json fields "
-              "(int(ck['epoch']), list(ck['history']), dict(ck['best'])) without checks: it needs to validate the "
-              "fields in _read_checkpoint and wrap load_states in try/except (OSError, EOFError, "
-              "pickle.UnpicklingError, ValueError, TypeError, KeyError, AttributeError, MXNetError) -> "
-              "CheckpointError naming the file")
+
+def _legacy_states_edit(fn):
+    """The legacy states pickle (trusted here: the test wrote it) loaded, changed by fn(states, optimizer), saved."""
+    def mutate(run):
+        import mxnet  # noqa: F401  (the pickle names mxnet classes)
+        states, optimizer = pickle.loads((run / LEGACY_STATES).read_bytes())
+        fn(states, optimizer)
+        _replace(run / LEGACY_STATES, pickle.dumps((states, optimizer)))
+    return mutate
+
+
+def _legacy_nan(states, optimizer):
+    import mxnet as mx
+    mean = states[0][0].asnumpy()
+    mean.flat[0] = np.nan
+    states[0] = (mx.nd.array(mean), states[0][1])
+
+
+def _legacy_scheduler(states, optimizer):
+    import mxnet as mx
+    optimizer.lr_scheduler = mx.lr_scheduler.FactorScheduler(step=10)
+
+
+#: The optimizer state of the legacy run (checkpoint format 1, at epoch 2): a Trainer.save_states pickle.
+LEGACY_STATES = "epoch-0002.states"
+
+#: (id, mutation of a copy of the legacy run, expected errors, regex): a format-1 run directory.
+LEGACY_CASES = [
+    ("legacy-states-file-deleted", lambda r: (r / LEGACY_STATES).unlink(), ("CheckpointError",),
+     r"epoch-0002\.states: the optimizer state file is missing"),
+    ("legacy-states-truncated",
+     lambda r: _replace(r / LEGACY_STATES, (r / LEGACY_STATES).read_bytes()[:1 << 20]), ("CheckpointError",),
+     r"cannot load the optimizer state .*epoch-0002\.states: (UnpicklingError|EOFError)"),
+    ("legacy-states-empty", lambda r: _replace(r / LEGACY_STATES, b""), ("CheckpointError",),
+     r"epoch-0002\.states: EOFError"),
+    ("legacy-states-is-a-params-file", lambda r: _replace(r / LEGACY_STATES, (r / "best.params").read_bytes()),
+     ("CheckpointError",), r"epoch-0002\.states: UnpicklingError"),
+    ("legacy-states-pickle-of-wrong-object", lambda r: _replace(r / LEGACY_STATES, pickle.dumps({"a": 1})),
+     ("CheckpointError",), r"epoch-0002\.states: not the optimizer state of a capszoo checkpoint"),
+    ("legacy-states-pickle-runs-code", _code_running_pickle(LEGACY_STATES), ("CheckpointError",),
+     r"epoch-0002\.states: UnpicklingError: it refers to os\.mkdir.*refused"),
+    ("legacy-states-pickle-allocates-1TB",
+     lambda r: _replace(r / LEGACY_STATES, b"cbuiltins\nbytearray\n(I1000000000000\ntR."), ("CheckpointError",),
+     r"epoch-0002\.states: UnpicklingError: bytearray of int"),
+    ("legacy-states-with-a-scheduler", _legacy_states_edit(_legacy_scheduler), ("CheckpointError",),
+     r"refers to mxnet\.lr_scheduler\.FactorScheduler"),
+    ("legacy-states-nan", _legacy_states_edit(_legacy_nan), ("CheckpointError",),
+     r"epoch-0002\.states.*mean:\S+ holds 1 NaN/inf values"),
+    ("legacy-states-of-parameter-99", _legacy_states_edit(lambda s, o: s.update({99: s[0]})),
+     ("CheckpointError",), r"epoch-0002\.states: state of parameter index 99"),
+    ("legacy-states-count-negative",
+     _legacy_states_edit(lambda s, o: o._all_index_update_counts[0].update({0: -1})),
+     ("CheckpointError",), r"epoch-0002\.states: optimizer update count of \S+ on device 0"),
+    ("legacy-checkpoint-states-hidden-file", _ck_edit(states=".epoch-0002.states"), ("CheckpointError",),
+     r"bad states entry"),
+    ("legacy-checkpoint-states-escapes", _ck_edit(states="../reference/epoch-0003.states"), ("CheckpointError",),
+     r"bad states entry"),
+    ("legacy-checkpoint-with-optimizer-entry", _ck_edit(optimizer=None), ("CheckpointError",),
+     r"unexpected 'optimizer' \(format 1 checkpoints have"),
+    ("legacy-checkpoint-of-dist-async", _ck_edit(states=None), ("CheckpointError",),
+     r"written by a dist_async job"),
+]
 
 
 def _case_params():
     out = []
     for cid, mutate, errors, pattern, gap in RUN_DIR_CASES:
-        reason = gap[1:] if gap and gap.startswith("=") else f"{_TRAIN_GAP}. Here: {gap}"
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if gap else []
+        marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
         out.append(pytest.param(cid, mutate, errors, pattern, id=cid, marks=marks))
     return out
 
@@ -396,6 +546,105 @@ def test_broken_run_directory_through_the_cli(cid, reference, mnist_dir, tmp_pat
     assert last.startswith("Error: ") and re.search(case[3], last), r.output
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoint format 1 (before format 2): the optimizer state in a pickled epoch-NNNN.states.  Such run
+# directories exist (long runs started with an older capszoo) and must resume, bit for bit.
+
+_LEGACY_TRAIN = r'''
+import json, os, runpy, sys
+import capszoo._train as t
+from capszoo._io import atomic_path, atomic_write_json, atomic_write_text
+from capszoo._weights import save_params
+
+
+def legacy_write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True):
+    """capszoo's checkpoint writer of format 1 (verbatim but for _arch_signature's module)."""
+    params, states = f"epoch-{epoch:04d}.params", f"epoch-{epoch:04d}.states"
+    save_params(net, os.path.join(out_dir, params))
+    if save_states:
+        with atomic_path(os.path.join(out_dir, states)) as tmp:
+            trainer.save_states(tmp)
+    else:  # dist_async: the optimizer state is on the servers
+        states = None
+    ck = {"format": 1, "epoch": epoch, "params": params, "states": states,
+          "history": history, "best": best, "architecture": t._arch_signature(net)}
+    atomic_write_json(os.path.join(out_dir, "checkpoint.json"), ck)
+    atomic_write_text(os.path.join(out_dir, "metrics.jsonl"),
+                      "".join(json.dumps(m) + "\n" for m in history))
+    for f in os.listdir(out_dir):  # drop older epoch files, after the new checkpoint is in place
+        if f.startswith("epoch-") and f not in (params, states) and not f.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(out_dir, f))
+            except OSError:
+                pass
+
+
+t._write_checkpoint = legacy_write_checkpoint
+sys.argv = ["capszoo"] + sys.argv[1:]
+runpy.run_module("capszoo.cli", run_name="__main__")
+'''
+
+
+def _with(args, option, value):
+    args = list(args)
+    args[args.index(option) + 1] = value
+    return args
+
+
+@pytest.fixture(scope="module")
+def legacy_run(mnist_dir, tmp_path_factory):
+    """A run directory of checkpoint format 1 after epoch 2 of the reference command (to be resumed to 3)."""
+    out = tmp_path_factory.mktemp("legacy") / "run"
+    args = _with(ARGS, "--epochs", "2") + ["--data-dir", str(mnist_dir), "--out", str(out)]
+    p = subprocess.run([sys.executable, "-c", _LEGACY_TRAIN, *args], capture_output=True, text=True, timeout=600,
+                       env=_env(), cwd=str(REPO))
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck = json.loads((out / "checkpoint.json").read_text())
+    assert ck["format"] == 1 and ck["states"] == LEGACY_STATES and "sha256" not in ck, ck.keys()
+    assert sorted(os.listdir(out)) == ["best.params", "checkpoint.json", "epoch-0002.params", LEGACY_STATES,
+                                       "metrics.jsonl", "run.json"]
+    return out
+
+
+def test_legacy_checkpoint_resumes_bit_identical(reference, legacy_run, mnist_dir, tmp_path, record_property):
+    """Format 1 -> --resume with this capszoo -> the reference's weights, Adam state and metrics, exactly;
+    the checkpoint after the resumed epoch is of format 2 and the pickle is gone."""
+    from capszoo._weights import read_params
+    record_property("harden", ("training: --resume of a format-1 (pickled optimizer state) run", 1))
+    run = _copy_run(legacy_run, tmp_path / "run")
+    q = _cli(ARGS + ["--data-dir", str(mnist_dir), "--resume"], run, stdout=subprocess.PIPE,
+             stderr=subprocess.STDOUT)
+    log = q.communicate(timeout=600)[0].decode()
+    assert q.returncode == 0, log[-2000:]
+    ref = reference["dir"]
+    for name in ("epoch-0003.params", "best.params"):
+        a, b = read_params(ref / name), read_params(run / name)
+        assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == [], name
+    assert _optimizer_state(run) == _optimizer_state(ref)
+    assert _metrics(run) == _metrics(ref)
+    assert sorted(os.listdir(run)) == sorted(os.listdir(ref)) == [
+        "best.params", "checkpoint.json", "epoch-0003.optimizer.params", "epoch-0003.params", "metrics.jsonl",
+        "run.json"]
+
+
+@pytest.mark.parametrize("cid,mutate,errors,pattern", LEGACY_CASES, ids=[c[0] for c in LEGACY_CASES])
+def test_broken_legacy_run_directory(cid, mutate, errors, pattern, legacy_run, train_data, tmp_path,
+                                     record_property):
+    import re
+    from capszoo.errors import CapszooError
+    record_property("harden", ("training: --resume of a broken format-1 run directory", 1))
+    run = _copy_run(legacy_run, tmp_path / "run")
+    mutate(run)
+    with pytest.raises(Exception) as info:
+        _resume(run, train_data)
+    exc = info.value
+    assert isinstance(exc, CapszooError), f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+    assert type(exc).__name__ in errors, f"{type(exc).__name__}: {exc}"
+    assert re.search(pattern, str(exc)), str(exc)
+    assert not (run / "pwned").exists()
+    assert "remove the run directory" in str(exc) or "start a new run" in str(exc), str(exc)
+
+
 _FSIZE_TRAIN = r"""
 import resource, runpy, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -405,23 +654,22 @@ runpy.run_module("capszoo.cli", run_name="__main__")
 """
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="capszoo/_train.py lets OSError from its checkpoint writes (save_params, "
-                          "Trainer.save_states, atomic_write_json/_text) escape: `capszoo train` on a full disk "
-                          "ends in a traceback. train() needs try/except OSError around _write_checkpoint and the "
-                          "best.params/run.json writes -> CheckpointError('cannot write checkpoint ...: <strerror>; "
-                          "free some space or choose another --out')")
 def test_full_disk_during_training_is_a_clean_error(mnist_dir, tmp_path, record_property):
+    """A write of the run directory that fails (here RLIMIT_FSIZE: the 33 MB weights hit 1 MB) is a
+    CheckpointError naming the file and what to do, not a traceback."""
     record_property("harden", ("training: full disk (RLIMIT_FSIZE 1 MB)", 1))
     run = tmp_path / "run"
     args = ["train", "capsnet-mnist", "--data-dir", str(mnist_dir), "--limit", "200", "--epochs", "1",
             "--batch-size", "16", "--max-steps", "1", "--validation-size", "50", "--out", str(run)]
     proc = subprocess.run([sys.executable, "-c", _FSIZE_TRAIN, *args], capture_output=True, text=True,
                           timeout=600, env=_env(), cwd=str(REPO))
-    assert not _tmp_files(run), _tmp_files(run)          # holds today already
+    assert not _tmp_files(run), _tmp_files(run)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("Error: "), \
-        proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    import re
+    assert re.match(r"Error: cannot write checkpoint file \S+\.params: .*; free some space or choose another --out$",
+                    last), last
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_short_run_loss_falls(train_data, tmp_path):
     losses = [m["train_loss"] for m in res.history]
     assert len(losses) == 3 and losses[2] < losses[0] * 0.9, losses
     files = sorted(os.listdir(tmp_path / "run"))
-    assert files == ["best.params", "checkpoint.json", "epoch-0003.params", "epoch-0003.states",
+    assert files == ["best.params", "checkpoint.json", "epoch-0003.optimizer.params", "epoch-0003.params",
                      "metrics.jsonl", "run.json"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
@@ -125,15 +125,17 @@ def test_existing_run_needs_resume(train_data, tmp_path):
         train(r, data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16, progress=False,
               max_steps_per_epoch=1, validation_size=100)
     ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    shape = ck["architecture"]["PrimaryCaps.weight"]
     ck["architecture"]["PrimaryCaps.weight"] = [1, 2, 3]
     (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(ck))
     with pytest.raises(CheckpointError, match="another architecture"):
         train(r, data=train_data, out_dir=tmp_path / "run", epochs=2, batch_size=16, progress=False,
               max_steps_per_epoch=1, resume=True, validation_size=100)
     ck2 = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
-    ck2["states"] = "../../etc/passwd"
+    ck2["architecture"]["PrimaryCaps.weight"] = shape
+    ck2["optimizer"]["file"] = "../../etc/passwd"
     (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(ck2))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"bad optimizer file entry '\.\./\.\./etc/passwd'"):
         train(r, data=train_data, out_dir=tmp_path / "run", epochs=2, batch_size=16, progress=False,
               max_steps_per_epoch=1, resume=True, validation_size=100)
 
@@ -188,3 +190,139 @@ def test_resume_after_kill_9_matches_uninterrupted(mnist_dir, tmp_path):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) == 0.0  # bit-identical
     assert [m["epoch"] for m in json.loads((run / "checkpoint.json").read_text())["history"]] == [1, 2, 3]
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
+
+
+# --- checkpoints: the optimizer state format, sha256, stale temporary files, exact resume ----------
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(train_data, tmp_path_factory):
+    """A run directory after one epoch of two steps."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    train(load_recipe("capsnet-mnist"), data=train_data, out_dir=out, epochs=1, batch_size=16, progress=False,
+          max_steps_per_epoch=2, seed=3, validation_size=100)
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_optimizer_state_format_round_trip(one_epoch_run):
+    """The Adam state is a .params file (no pickle) plus scalars in checkpoint.json, and loading it gives
+    the Trainer exactly that state back."""
+    from mxnet import gluon
+    from capszoo._net import CapsNet
+    from capszoo._train import _load_optimizer, _optimizer_state, _read_checkpoint
+    from capszoo._weights import param_shapes, sha256_file
+
+    ck = json.loads((one_epoch_run / "checkpoint.json").read_text())
+    assert ck["format"] == 2 and "states" not in ck
+    opt = ck["optimizer"]
+    assert opt["file"] == "epoch-0001.optimizer.params" and opt["name"] == "adam"
+    assert (one_epoch_run / opt["file"]).read_bytes()[:8] == (0x112).to_bytes(8, "little")  # .params, not pickle
+    assert ck["sha256"] == {"params": sha256_file(one_epoch_run / "epoch-0001.params"),
+                            "optimizer": sha256_file(one_epoch_run / opt["file"])}
+    shapes = param_shapes(CapsNet())
+    moments = read_params(one_epoch_run / opt["file"])
+    assert sorted(moments) == sorted(f"{part}:{n}" for n in shapes for part in ("mean", "var"))
+    assert all(moments[f"mean:{n}"].shape == s and moments[f"var:{n}"].dtype == np.float32 for n, s in shapes.items())
+    assert (moments["var:PrimaryCaps.weight"] >= 0).all() and moments["mean:PrimaryCaps.weight"].any()
+    assert opt["update_counts"] == {"0": {n: 2 for n in sorted(shapes)}} and opt["num_update"] == 2
+    assert opt["lr"] == load_recipe("capsnet-mnist").optimizer.learning_rate and opt["rescale_grad"] == 1 / 16
+
+    net = CapsNet()
+    net.initialize(ctx=mx.cpu())
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.5})
+    ck = _read_checkpoint(str(one_epoch_run), net)
+    _load_optimizer(trainer, net, str(one_epoch_run), ck)
+    back, scalars = _optimizer_state(trainer, net)
+    assert scalars == {k: v for k, v in opt.items() if k != "file"}
+    assert sorted(back) == sorted(moments)
+    assert all(back[k].asnumpy().tobytes() == moments[k].tobytes() for k in moments)
+
+
+@pytest.mark.parametrize("target", ["epoch-0001.params", "epoch-0001.optimizer.params"])
+def test_sha256_mismatch_is_refused(one_epoch_run, train_data, tmp_path, target):
+    """One changed byte in the data of a checkpoint file (still a valid, finite file) stops --resume."""
+    run = _copy(one_epoch_run, tmp_path / "run")
+    data = bytearray((run / target).read_bytes())
+    data[len(data) // 2] ^= 0x01   # a low mantissa bit of a value in the middle of the file
+    (run / target).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{target.replace('.', '[.]')} has sha256 [0-9a-f]{{64}}, but "
+                                              r"checkpoint\.json records [0-9a-f]{64}: the file changed"):
+        train(load_recipe("capsnet-mnist"), data=train_data, out_dir=run, epochs=2, batch_size=16,
+              progress=False, max_steps_per_epoch=2, seed=3, validation_size=100, resume=True)
+
+
+def test_stale_temp_files_are_removed(one_epoch_run, train_data, tmp_path):
+    """What a killed writer leaves (capszoo._io.atomic_path's temporary names) goes; nothing else does."""
+    from capszoo._train import STALE_TEMP_PATTERNS, _remove_stale_temp_files
+    run = _copy(one_epoch_run, tmp_path / "run")
+    stale = [".epoch-0002.params.k2j4h5ab.tmp", ".epoch-0002.optimizer.params.x_y7zz1q.tmp",
+             ".epoch-0002.states.abcdefgh.tmp", ".best.params.qwertyui.tmp", ".checkpoint.json.a1b2c3d4.tmp",
+             ".run.json.zzzzzzzz.tmp", ".metrics.jsonl.0a0a0a0a.tmp", ".final-rank1.params.12345678.tmp",
+             ".write-test-4242"]
+    kept = ["notes.txt", ".hidden.tmp", "my.epoch-1.tmp", ".epoch-folder.tmp"]
+    for f in stale + kept[:3]:
+        (run / f).write_bytes(b"x")
+    (run / kept[3]).mkdir()
+    assert _remove_stale_temp_files(str(run)) == sorted(stale)
+    assert len(STALE_TEMP_PATTERNS) == 7
+    for f in stale:
+        (run / f).write_bytes(b"x")
+    train(load_recipe("capsnet-mnist"), data=train_data, out_dir=run, epochs=1, batch_size=16, progress=False,
+          max_steps_per_epoch=2, seed=3, validation_size=100, resume=True)   # nothing left to train
+    assert sorted(f for f in os.listdir(run) if f.startswith(".") or f == "notes.txt") == sorted(
+        [".epoch-folder.tmp", ".hidden.tmp", "notes.txt"])
+
+
+def test_write_error_is_a_checkpoint_error(one_epoch_run, train_data, tmp_path, monkeypatch):
+    """An OSError of a checkpoint write (here: ENOSPC from the checkpoint.json writer) names the file."""
+    import errno
+    import capszoo._train as t
+    run = _copy(one_epoch_run, tmp_path / "run")
+
+    def full(path, obj, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    monkeypatch.setattr(t, "atomic_write_json", full)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint file \S+checkpoint\.json: No space left on "
+                                              r"device; free some space or choose another --out"):
+        train(load_recipe("capsnet-mnist"), data=train_data, out_dir=run, epochs=2, batch_size=16,
+              progress=False, max_steps_per_epoch=2, seed=3, validation_size=100, resume=True)
+    assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1   # the previous checkpoint is whole
+
+
+_RESUME_ARGS = ["train", "capsnet-mnist", "--limit", "600", "--batch-size", "16", "--max-steps", "2", "--seed", "7",
+                "--validation-size", "100"]
+
+
+def _cli_ok(args, env):
+    p = _run_cli(args, env)
+    out = p.communicate(timeout=600)[0].decode()
+    assert p.returncode == 0, out[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ctx", ["cpu", "cpu:0,cpu:1"])
+def test_resume_is_bit_identical(ctx, mnist_dir, tmp_path):
+    """3 epochs == 2 epochs, then --resume to 3: weights, Adam moments and scalars, metrics, bit for bit --
+    with one context (the Trainer's updater) and two (a local kvstore, which runs the optimizer itself)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = _RESUME_ARGS + ["--data-dir", str(mnist_dir), "--ctx", ctx]
+    _cli_ok(args + ["--epochs", "3", "--out", str(tmp_path / "ref")], env)
+    _cli_ok(args + ["--epochs", "2", "--out", str(tmp_path / "run")], env)
+    _cli_ok(args + ["--epochs", "3", "--out", str(tmp_path / "run"), "--resume"], env)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert sorted(os.listdir(run)) == sorted(os.listdir(ref))
+    for name in ("epoch-0003.params", "epoch-0003.optimizer.params", "best.params"):
+        a, b = read_params(ref / name), read_params(run / name)
+        assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == [], name
+    ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (ref, run))
+    assert ca["optimizer"] == cb["optimizer"] and ca["sha256"] == cb["sha256"]
+    assert ca["optimizer"]["num_update"] == 6
+    timing = ("images_per_second", "epoch_seconds")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in ca["history"]] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in cb["history"]]
