@@ -1,4 +1,4 @@
-"""Pictures of a CapsNet: reconstructions, pose tweaks, feature space, summary graphic.
+"""Pictures of a CapsNet: reconstructions, pose tweaks, feature space, summary graphic, training curve.
 
 Everything is drawn with Pillow alone (no plotting library), headless and
 deterministic: the same model, inputs and seed give the same bytes.
@@ -8,6 +8,7 @@ deterministic: the same model, inputs and seed give the same bytes.
 >>> cells, grid = vis.tweak_images(model, image, dims=[11, 14, 16])  # doctest: +SKIP
 >>> vis.feature_space_plot(model, images, labels, seed=0)           # doctest: +SKIP
 >>> vis.save_summary(model.info(), "summary.svg")                   # doctest: +SKIP
+>>> vis.training_curve("runs/capsnet-mnist/metrics.jsonl", "training.png")  # doctest: +SKIP
 
 Digits are shown as the net sees them: light ink on a dark field, 28x28,
 enlarged by an integer factor with nearest-neighbour sampling, so each tile's
@@ -23,6 +24,7 @@ for the summary graphic).  An unknown extension raises
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from typing import Tuple
@@ -55,6 +57,8 @@ __all__ = [
     "output_format",
     "check_output_path",
     "parse_labels",
+    "training_curve",
+    "training_curve_layout",
 ]
 
 #: Ten distinct class colours (the "tab10" palette), class ``k`` gets ``PALETTE[k]``.
@@ -1054,3 +1058,385 @@ def parse_labels(spec, count=None):
     if count is not None and len(labels) != count:
         raise InvalidInputError(f"labels: got {len(labels)} labels for {count} images")
     return labels
+
+
+# -- 5. training curve -------------------------------------------------------------------------
+_VAL = PALETTE[0]
+_TRAIN = PALETTE[1]
+_BEST = PALETTE[2]
+_CLASS_LOSS = PALETTE[3]
+_RECO_LOSS = PALETTE[4]
+_GRID = (235, 235, 235)
+_CURVE_SIZE = (1100, 500)
+_CURVE_PAD = 16  # px between a panel's frame and the first/last epoch, and above/below the data
+_REQUIRED = ("epoch", "train_accuracy", "val_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCurveLayout:
+    """Geometry of :func:`training_curve`: picture size, the two plot frames, where each epoch goes."""
+
+    size: Tuple[int, int]
+    error_box: Tuple[int, int, int, int]
+    loss_box: Tuple[int, int, int, int]
+    first_epoch: int
+    last_epoch: int
+
+    def epoch_x(self, epoch, box=None):
+        """The x pixel of ``epoch`` in ``box`` (default: the error panel)."""
+        x0, _, x1, _ = self.error_box if box is None else box
+        if self.last_epoch == self.first_epoch:
+            return (x0 + x1) / 2
+        frac = (epoch - self.first_epoch) / (self.last_epoch - self.first_epoch)
+        return x0 + _CURVE_PAD + frac * (x1 - x0 - 2 * _CURVE_PAD)
+
+
+def training_curve_layout(first_epoch=1, last_epoch=1):
+    """The :class:`TrainingCurveLayout` of a training curve over epochs ``first_epoch..last_epoch``."""
+    first = _check_int(first_epoch, "first_epoch", 0)
+    last = _check_int(last_epoch, "last_epoch", first)
+    width, height = _CURVE_SIZE
+    top = 14 + _line_h(_TITLE) + 6 + _line_h(_SMALL) + 16 + _line_h(_TEXT) + 8
+    bottom = height - (8 + _line_h(_SMALL) + 6 + _line_h(_TEXT) + 12 + _line_h(_SMALL) + 14)
+    y_label = _line_h(_TEXT) + 8   # the rotated axis title
+    ticks = 8 + 52                  # tick marks and their labels
+    gap = 44
+    panel_w = (width - 2 * _MARGIN - 2 * (y_label + ticks) - gap) // 2
+    left0 = _MARGIN + y_label + ticks
+    left1 = left0 + panel_w + gap + y_label + ticks
+    return TrainingCurveLayout(size=(width, height), error_box=(left0, top, left0 + panel_w, bottom),
+                               loss_box=(left1, top, left1 + panel_w, bottom), first_epoch=first,
+                               last_epoch=last)
+
+
+def _metrics_rows(metrics):
+    """``metrics`` (a JSONL path or a list of dicts) as a list of (where, dict), ``where`` naming the line."""
+    if isinstance(metrics, (str, bytes, os.PathLike)):
+        p = os.fsdecode(os.fspath(metrics))
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise InvalidInputError(f"metrics file {p!r} does not exist") from None
+        except IsADirectoryError:
+            raise InvalidInputError(f"metrics file {p!r} is a folder, not a JSONL file") from None
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read metrics file {p!r}: {_os_reason(exc)}") from None
+        rows = []
+        for n, raw in enumerate(data.split(b"\n"), 1):
+            where = f"{p} line {n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                col = f" (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+                raise InvalidInputError(f"{where}: invalid JSON: {reason}{col}") from None
+            except RecursionError:
+                raise InvalidInputError(f"{where}: invalid JSON: nested too deeply") from None
+            rows.append((where, obj))
+        if not rows:
+            raise InvalidInputError(f"metrics file {p!r} has no epochs (it is empty)")
+        return rows
+    if isinstance(metrics, dict) or not hasattr(metrics, "__iter__"):
+        raise InvalidInputError(f"metrics must be a path to a JSONL file or a list of dicts (one per epoch), "
+                                f"got {type(metrics).__name__}")
+    rows = [(f"metrics line {n}", obj) for n, obj in enumerate(metrics, 1)]
+    if not rows:
+        raise InvalidInputError("metrics has no epochs (the list is empty)")
+    return rows
+
+
+def _number(row, key, where):
+    v = row[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{where}: {key} must be a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise InvalidInputError(f"{where}: {key} is {v}, not a finite number")
+    return v
+
+
+def _parse_metrics(metrics):
+    """Check the per-epoch log: a dict of equal-length lists (epoch, errors, losses) plus the best epoch."""
+    rows = _metrics_rows(metrics)
+    epochs, val_err, train_err, loss, class_loss, reco_loss, val_errors = [], [], [], [], [], [], []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"{where}: expected a JSON object (one epoch), got {type(row).__name__}")
+        for key in _REQUIRED:
+            if key not in row:
+                raise InvalidInputError(f"{where}: missing key {key!r} (each epoch needs "
+                                        f"{', '.join(_REQUIRED)} and train_loss or "
+                                        f"train_class_loss + train_reco_loss)")
+        e = row["epoch"]
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer, float)) or \
+                (isinstance(e, float) and not e.is_integer()) or e < 0:
+            raise InvalidInputError(f"{where}: epoch must be an integer >= 0, got {e!r}")
+        e = int(e)
+        if epochs and e <= epochs[-1]:
+            raise InvalidInputError(f"{where}: epoch {e} comes after epoch {epochs[-1]}; "
+                                    f"epochs must increase line by line")
+        for key in ("train_accuracy", "val_accuracy"):
+            a = _number(row, key, where)
+            if not 0.0 <= a <= 1.0:
+                raise InvalidInputError(f"{where}: {key} must be a fraction in [0, 1], got {a!r}")
+        parts = [k for k in ("train_class_loss", "train_reco_loss") if k in row]
+        if "train_loss" not in row and len(parts) < 2:
+            missing = "train_loss" if not parts else \
+                ({"train_class_loss", "train_reco_loss"} - set(parts)).pop()
+            raise InvalidInputError(f"{where}: missing key {missing!r} (give train_loss or both "
+                                    f"train_class_loss and train_reco_loss)")
+        losses = {}
+        for key in ("train_loss", "train_class_loss", "train_reco_loss"):
+            if key in row:
+                losses[key] = _number(row, key, where)
+                if losses[key] < 0:
+                    raise InvalidInputError(f"{where}: {key} must be >= 0, got {losses[key]!r}")
+        epochs.append(e)
+        val_err.append(100.0 - 100.0 * float(row["val_accuracy"]))
+        train_err.append(100.0 - 100.0 * float(row["train_accuracy"]))
+        both = "train_class_loss" in losses and "train_reco_loss" in losses
+        class_loss.append(losses["train_class_loss"] if both else None)
+        reco_loss.append(losses["train_reco_loss"] if both else None)
+        loss.append(losses["train_loss"] if "train_loss" in losses else
+                    losses["train_class_loss"] + losses["train_reco_loss"])
+        ve = row.get("val_errors")
+        val_errors.append(int(ve) if isinstance(ve, (int, np.integer)) and not isinstance(ve, bool) else None)
+    val_err = [max(v, 0.0) for v in val_err]
+    train_err = [max(v, 0.0) for v in train_err]
+    components = all(c is not None for c in class_loss)
+    best = min(range(len(epochs)), key=lambda i: (val_err[i], i))
+    return dict(epoch=epochs, val_err=val_err, train_err=train_err, loss=loss,
+                class_loss=class_loss if components else None, reco_loss=reco_loss if components else None,
+                val_errors=val_errors, best=best)
+
+
+def _log_ticks(lo, hi):
+    """Ticks 1-2-5 x 10^k spanning ``[lo, hi]`` (both > 0): the ticks; the first <= lo, the last >= hi."""
+    def cands(k):
+        return [round(m * 10.0 ** k, 12) for m in (1, 2, 5)]
+
+    k = int(math.floor(math.log10(lo)))
+    below = [c for c in cands(k - 1) + cands(k) if c <= lo * (1 + 1e-9)]
+    ticks = [below[-1]]
+    while ticks[-1] < hi * (1 - 1e-9):
+        k = int(math.floor(math.log10(ticks[-1]) + 1e-9))
+        ticks.append(next(c for c in cands(k) + cands(k + 1) if c > ticks[-1] * (1 + 1e-9)))
+    if len(ticks) > 10:  # a wide range: label the powers of ten only (the ends stay)
+        ticks = [t for i, t in enumerate(ticks) if i in (0, len(ticks) - 1) or
+                 abs(math.log10(t) - round(math.log10(t))) < 1e-9]
+    return ticks
+
+
+def _linear_ticks(vmax):
+    """Ticks from 0 up to the first "nice" value >= ``vmax``, and their step."""
+    ticks, step = _nice_ticks(0.0, vmax) if vmax > 0 else ([0.0], 1.0)
+    if ticks[-1] < vmax * (1 - 1e-9) or len(ticks) < 2:
+        ticks.append(ticks[-1] + step)
+    return ticks, step
+
+
+def _epoch_ticks(first, last):
+    span = last - first
+    step = 1
+    for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        step = s
+        if span / s <= 8:
+            break
+    ticks = list(range(-(-first // step) * step, last + 1, step))
+    return ticks or [first]
+
+
+def _dashed_vline(draw, x, y0, y1, fill, dash=6, gap=4, width=1):
+    y = y0
+    while y < y1:
+        draw.line((x, y, x, min(y + dash, y1)), fill=fill, width=width)
+        y += dash + gap
+
+
+def _ring(draw, x, y, r, fill, width=2):
+    draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=width)
+
+
+def _dot(draw, x, y, r, fill):
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+
+
+def _pct(v):
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _legend_row(canvas, draw, x, y, entries):
+    """Legend entries side by side at ``(x, y)``: (kind, colour, text), kind "line" or "ring"."""
+    h = _line_h(_SMALL)
+    for kind, colour, text in entries:
+        my = int(y + h / 2)
+        if kind == "ring":
+            _ring(draw, x + 11, my, 6, colour)
+        else:
+            draw.line((x, my, x + 22, my), fill=colour, width=2)
+            _dot(draw, x + 11, my, 3, colour)
+        _text(draw, x + 28, y, text, _SMALL, _INK)
+        x += 28 + _text_w(text, _SMALL) + 22
+
+
+def _panel(canvas, draw, lay, box, series, ticks, to_y, tick_text, y_title, epochs):
+    """Frame, grid, ticks and curves of one panel; ``series``: (colour, values, width)."""
+    x0, y0, x1, y1 = box
+    for t in ticks:
+        Y = int(round(to_y(t)))
+        draw.line((x0, Y, x1, Y), fill=_GRID)
+        draw.line((x0 - 5, Y, x0, Y), fill=_INK)
+        _text(draw, x0 - 8, Y - _line_h(_SMALL) / 2, tick_text(t), _SMALL, _INK, "right")
+    for e in _epoch_ticks(epochs[0], epochs[-1]):
+        X = int(round(lay.epoch_x(e, box)))
+        draw.line((X, y1, X, y1 + 5), fill=_INK)
+        _text(draw, X, y1 + 8, str(e), _SMALL, _INK, "center")
+    draw.rectangle(box, outline=_INK)
+    _text(draw, (x0 + x1) / 2, y1 + 8 + _line_h(_SMALL) + 6, "epoch", _TEXT, _INK, "center")
+    _vtext(canvas, x0 - 8 - 52 - 8 - _line_h(_TEXT) / 2, (y0 + y1) / 2, y_title, _TEXT)
+    dots = len(epochs) <= 60
+    for colour, values, width in series:
+        pts = [(lay.epoch_x(e, box), to_y(v)) for e, v in zip(epochs, values)]
+        pts = [(int(round(px)), int(round(py))) for px, py in pts]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=width, joint="curve")
+        if dots or len(pts) == 1:
+            for px, py in pts:
+                _dot(draw, px, py, 3, colour)
+
+
+def training_curve(metrics, path=None, *, title=None):
+    """Training curves of a run: error rates (left) and training loss (right) per epoch.
+
+    The left panel shows the validation error, ``100 - 100 * val_accuracy``,
+    and the training error, ``100 - 100 * train_accuracy``, in percent, on a
+    log axis when both are positive and span more than a factor of 3 (else a
+    linear axis from 0).  The right panel shows the training loss: the total
+    and, when every epoch has them, its two parts (margin/class loss and
+    reconstruction loss).  The epoch with the lowest validation error (the
+    first of equals) is marked in both panels with a green dashed line, and
+    its value with a green ring.  Drawn with Pillow only; the same log gives
+    the same bytes.
+
+    Parameters
+    ----------
+    metrics : str, os.PathLike or list of dict
+        A JSONL file, one JSON object per epoch (blank lines are skipped), as
+        ``capszoo train`` writes it, or the objects themselves.  Each epoch
+        needs ``epoch`` (integers, increasing), ``train_accuracy`` and
+        ``val_accuracy`` (fractions in [0, 1]) and ``train_loss`` or both
+        ``train_class_loss`` and ``train_reco_loss``; ``val_errors`` (a count)
+        is shown for the best epoch when given.  Other keys are ignored.
+    path : str or os.PathLike, optional
+        Also write the picture here (.png, .jpg, .jpeg), atomically; the path
+        is checked before anything is drawn.
+    title : str, optional
+        The heading (default ``"Training curve"``).
+
+    Returns
+    -------
+    PIL.Image (RGB)
+        Of size ``training_curve_layout(...).size``; the plot frames and the
+        epoch positions are those of :func:`training_curve_layout` with the
+        first and last epoch.
+
+    Raises
+    ------
+    InvalidInputError
+        The log cannot be read or is not valid: a missing file, a line that is
+        not JSON or not an object, no epochs, a missing key, a value that is
+        not a finite number, epochs not increasing, an unknown extension of
+        ``path``.  The message names the file and line (``metrics line N`` for
+        a list, counting from 1).
+    ExportError
+        ``path`` cannot be written.
+    """
+    if title is not None and not isinstance(title, str):
+        raise InvalidInputError(f"title must be a string, got {type(title).__name__}")
+    if path is not None:
+        check_output_path(path)
+    m = _parse_metrics(metrics)
+    epochs = m["epoch"]
+    n = len(epochs)
+    lay = training_curve_layout(epochs[0], epochs[-1])
+    width, height = lay.size
+    canvas = Image.new("RGB", lay.size, _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    b = m["best"]
+
+    # heading
+    y = 14
+    _text(draw, _MARGIN, y, _fit(title or "Training curve", _TITLE, width - 2 * _MARGIN), _TITLE)
+    y += _line_h(_TITLE) + 6
+    best_txt = f"{_pct(m['val_err'][b])} %"
+    if m["val_errors"][b] is not None:
+        best_txt += f" ({m['val_errors'][b]:,} errors)"
+    sub = (f"{n} epoch{'s' if n != 1 else ''} ({epochs[0]}..{epochs[-1]}); lowest validation error "
+           f"{best_txt} at epoch {epochs[b]}; last: {_pct(m['val_err'][-1])} %.")
+    _text(draw, _MARGIN, y, _fit(sub, _SMALL, width - 2 * _MARGIN), _SMALL, _MUTED)
+
+    # left: error rates
+    ex0, ey0, ex1, ey1 = lay.error_box
+    errs = m["val_err"] + m["train_err"]
+    lo, hi = min(errs), max(errs)
+    log = lo > 0 and hi / lo > 3
+    inner = (ey1 - _CURVE_PAD, ey0 + _CURVE_PAD)
+    if log:
+        eticks = _log_ticks(lo, hi)
+        la, lb = math.log10(eticks[0]), math.log10(eticks[-1])
+
+        def err_y(v):
+            return inner[0] - (math.log10(v) - la) / (lb - la) * (inner[0] - inner[1])
+
+        def err_label(v):
+            return f"{v:g}"
+    else:
+        eticks, estep = _linear_ticks(hi)
+
+        def err_y(v):
+            return inner[0] - v / eticks[-1] * (inner[0] - inner[1])
+
+        def err_label(v):
+            return _tick_label(v, estep)
+    _text(draw, ex0, ey0 - 8 - _line_h(_TEXT),
+          f"Error rate (%, {'log' if log else 'linear'} scale)", _TEXT, _INK)
+    bx = int(round(lay.epoch_x(epochs[b], lay.error_box)))
+    _dashed_vline(draw, bx, ey0 + 1, ey1 - 1, _BEST, width=2)
+    _panel(canvas, draw, lay, lay.error_box, [(_TRAIN, m["train_err"], 2), (_VAL, m["val_err"], 2)],
+           eticks, err_y, err_label, "error (%)", epochs)
+    _ring(draw, bx, int(round(err_y(m["val_err"][b]))), 8, _BEST, width=2)
+
+    # right: training loss
+    lx0, ly0, lx1, ly1 = lay.loss_box
+    lticks, lstep = _linear_ticks(max(m["loss"]))
+
+    def loss_y(v):
+        return inner[0] - v / lticks[-1] * (inner[0] - inner[1])
+
+    _text(draw, lx0, ly0 - 8 - _line_h(_TEXT), "Training loss", _TEXT, _INK)
+    _dashed_vline(draw, int(round(lay.epoch_x(epochs[b], lay.loss_box))), ly0 + 1, ly1 - 1, _BEST, width=2)
+    series = [(_INK, m["loss"], 2)]
+    if m["class_loss"] is not None:
+        series += [(_CLASS_LOSS, m["class_loss"], 2), (_RECO_LOSS, m["reco_loss"], 2)]
+    _panel(canvas, draw, lay, lay.loss_box, series, lticks, loss_y, lambda v: _tick_label(v, lstep), "loss",
+           epochs)
+
+    # legends under the panels
+    ly = height - 14 - _line_h(_SMALL)
+    _legend_row(canvas, draw, ex0, ly, [("line", _VAL, "validation"), ("line", _TRAIN, "training"),
+                                        ("ring", _BEST, f"best validation (epoch {epochs[b]})")])
+    entries = [("line", _INK, "total")]
+    if m["class_loss"] is not None:
+        entries += [("line", _CLASS_LOSS, "margin (class)"), ("line", _RECO_LOSS, "reconstruction")]
+    _legend_row(canvas, draw, lx0, ly, entries)
+
+    if path is not None:
+        save_image(canvas, path)
+    return canvas

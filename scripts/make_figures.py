@@ -10,6 +10,8 @@ Writes, deterministically (same weights, data and seed -> same bytes):
     tweaks.png           the 16 x 11 pose-tweak grid of the first test digit
     features.png         PCA of the 16-D capsules of --samples test digits (seeded choice)
     summary.png          the summary graphic (sub-nets, shapes, parameter counts)
+    training.png         error rates and training loss per epoch, from --metrics
+                         (default recipes/capsnet-mnist.metrics.jsonl, the published run's log)
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "docs" / "figures"), help="Output folder (default: docs/figures).")
     ap.add_argument("--samples", type=int, default=500, help="Test digits in the feature-space plot (default 500).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the sample choice and drawing order (default 0).")
+    ap.add_argument("--metrics", default=str(REPO / "recipes" / "capsnet-mnist.metrics.jsonl"),
+                    help="Per-epoch training log (JSONL) for training.png "
+                         "(default: recipes/capsnet-mnist.metrics.jsonl).")
     ap.add_argument("--note", default=None,
                     help="Small print under each picture, e.g. to mark placeholder pictures from untrained weights.")
     args = ap.parse_args(argv)
@@ -43,13 +48,16 @@ def main(argv=None):
     try:
         if args.samples < 2:
             raise InvalidInputError(f"--samples must be at least 2, got {args.samples}")
+        os.makedirs(args.out, exist_ok=True)
+        out = pathlib.Path(args.out)
+        # the training curve needs no model or data: drawn first, from the per-epoch log
+        img = vis.training_curve(args.metrics, out / "training.png", title="capsnet-mnist: training curve")
+        print(f"wrote {out / 'training.png'}  ({img.width} x {img.height})")
         images, labels = load_mnist("test", data_dir=args.data_dir)
         if args.samples > len(images):
             raise InvalidInputError(
                 f"--samples {args.samples} is more than the {len(images)} MNIST test images")
         model = capszoo.load("capsnet-mnist", weights=args.weights)
-        os.makedirs(args.out, exist_ok=True)
-        out = pathlib.Path(args.out)
 
         first = [int(np.flatnonzero(labels == k)[0]) for k in range(10)]
         pictures = {

@@ -394,3 +394,192 @@ def test_trained_reconstruction_is_close_to_the_digit(mnist_test):
     check_trained_reconstructions(model, images, labels)
     panel = vis.reconstruction_panel(model, list(images[:10]), labels=labels[:10])
     assert panel.size == vis.reconstruction_layout(10, labels=True).size
+
+
+# -- training curve ----------------------------------------------------------------------------
+RECIPE_METRICS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes",
+                              "capsnet-mnist.metrics.jsonl")
+_BEST_GREEN = vis.PALETTE[2]
+
+
+def _epoch(e, val, train=0.99, loss=0.03, **extra):
+    row = {"epoch": e, "lr": 0.001, "train_loss": loss, "train_class_loss": loss * 0.6,
+           "train_reco_loss": loss * 0.4, "train_accuracy": train, "val_accuracy": val,
+           "val_errors": int(round((1 - val) * 5000))}
+    row.update(extra)
+    return row
+
+
+def _colour_columns(img, box, colour):
+    """x pixels (absolute) inside ``box`` (frame excluded) holding exactly ``colour``."""
+    a = np.asarray(img.crop((box[0] + 1, box[1] + 1, box[2], box[3]))).astype(int)
+    ys, xs = np.nonzero((a == np.array(colour)).all(axis=2))
+    return xs + box[0] + 1, ys + box[1] + 1
+
+
+def _ink_in(img, box):
+    a = np.asarray(img.crop((box[0] + 2, box[1] + 2, box[2] - 1, box[3] - 1))).astype(int)
+    grid = (a == 235).all(axis=2)
+    return int(((a < 250).any(axis=2) & ~grid).sum())
+
+
+def test_training_curve_from_the_recipe_log(tmp_path):
+    out = tmp_path / "training.png"
+    img = vis.training_curve(RECIPE_METRICS, out, title="capsnet-mnist")
+    lay = vis.training_curve_layout(1, 3)
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == lay.size == (1100, 500)
+    # the written file holds the returned picture, and nothing else is left beside it
+    with Image.open(out) as f:
+        assert f.format == "PNG" and f.size == img.size
+        assert np.array_equal(np.asarray(f.convert("RGB")), np.asarray(img))
+    assert os.listdir(tmp_path) == ["training.png"]
+    # both panels have curves: plenty of non-white, non-grid pixels inside each frame
+    assert lay.error_box[2] < lay.loss_box[0]
+    for box in (lay.error_box, lay.loss_box):
+        assert _ink_in(img, box) > 500
+    # each curve's colour is drawn in its panel, across the epochs
+    for box, colours in ((lay.error_box, (vis.PALETTE[0], vis.PALETTE[1])),
+                         (lay.loss_box, ((25, 25, 25), vis.PALETTE[3], vis.PALETTE[4]))):
+        for c in colours:
+            xs, _ = _colour_columns(img, box, c)
+            assert xs.size and xs.min() <= lay.epoch_x(1, box) + 4 and xs.max() >= lay.epoch_x(3, box) - 4
+    # the best validation epoch (3 in this log: 0.92 % error) is marked in both panels
+    for box in (lay.error_box, lay.loss_box):
+        xs, ys = _colour_columns(img, box, _BEST_GREEN)
+        assert xs.size > 50
+        assert abs(np.median(xs) - lay.epoch_x(3, box)) <= 1.5
+        assert ys.max() - ys.min() > 0.8 * (box[3] - box[1])  # a line across the panel
+
+
+def test_training_curve_is_deterministic_and_accepts_dicts(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    vis.training_curve(RECIPE_METRICS, a)
+    vis.training_curve(RECIPE_METRICS, str(b))
+    assert a.read_bytes() == b.read_bytes()
+    with open(RECIPE_METRICS) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    img = vis.training_curve(rows)
+    assert img.tobytes() == Image.open(a).convert("RGB").tobytes()
+    # the published figure is this function's drawing of the recipe log (as scripts/make_figures.py does it)
+    fig = os.path.join(os.path.dirname(RECIPE_METRICS), "..", "docs", "figures", "training.png")
+    if os.path.exists(fig):
+        c = tmp_path / "c.png"
+        vis.training_curve(RECIPE_METRICS, c, title="capsnet-mnist: training curve")
+        assert c.read_bytes() == open(fig, "rb").read()
+
+
+@pytest.mark.parametrize("best", [0, 2, 4])
+def test_training_curve_marks_the_best_validation_epoch(best):
+    vals = [0.97, 0.98, 0.985, 0.986, 0.984]
+    vals[best] = 0.995
+    rows = [_epoch(e, v, train=0.9 + 0.02 * i) for i, (e, v) in enumerate(zip(range(2, 7), vals))]
+    img = vis.training_curve(rows)
+    lay = vis.training_curve_layout(2, 6)
+    for box in (lay.error_box, lay.loss_box):
+        xs, _ = _colour_columns(img, box, _BEST_GREEN)
+        assert xs.size > 50 and abs(np.median(xs) - lay.epoch_x(2 + best, box)) <= 1.5
+    # the ring sits on the validation point: green pixels around it in the error panel only
+    xs, ys = _colour_columns(img, lay.error_box, _BEST_GREEN)
+    off_line = np.abs(xs - lay.epoch_x(2 + best)) > 2
+    assert off_line.sum() > 10 and np.abs(xs[off_line] - lay.epoch_x(2 + best)).max() <= 10
+    xs, _ = _colour_columns(img, lay.loss_box, _BEST_GREEN)
+    assert (np.abs(xs - lay.epoch_x(2 + best, lay.loss_box)) <= 1.5).all()
+    # equal best values: the first epoch wins
+    tie = [_epoch(1, 0.99), _epoch(2, 0.99), _epoch(3, 0.98)]
+    lay = vis.training_curve_layout(1, 3)
+    xs, _ = _colour_columns(vis.training_curve(tie), lay.loss_box, _BEST_GREEN)
+    assert abs(np.median(xs) - lay.epoch_x(1, lay.loss_box)) <= 1.5
+
+
+def test_training_curve_edge_cases_draw():
+    lay = vis.training_curve_layout(7, 7)
+    # one epoch: a point (centred), still marked as best
+    one = vis.training_curve([_epoch(7, 0.98, train=0.95)])
+    assert one.size == lay.size
+    xs, _ = _colour_columns(one, lay.error_box, _BEST_GREEN)
+    assert abs(np.median(xs) - (lay.error_box[0] + lay.error_box[2]) / 2) <= 1.5
+    # zero training error (linear axis), only the total loss, extra keys, epochs that skip
+    rows = [{"epoch": e, "train_accuracy": 1.0, "val_accuracy": 0.99, "train_loss": 0.0, "note": "x"}
+            for e in (0, 5, 10)]
+    img = vis.training_curve(rows)
+    lay = vis.training_curve_layout(0, 10)
+    for box in (lay.error_box, lay.loss_box):
+        assert _ink_in(img, box) > 100
+    xs, _ = _colour_columns(img, lay.loss_box, vis.PALETTE[3])  # no class-loss curve without its key
+    assert xs.size == 0
+    # a long run: many epochs still fit
+    many = [_epoch(e, 0.9 + 0.09 * (1 - 0.9 ** e), train=0.8 + 0.199 * (1 - 0.9 ** e), loss=1 / e)
+            for e in range(1, 201)]
+    assert vis.training_curve(many).size == (1100, 500)
+
+
+def _jsonl(tmp_path, lines, name="m.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join(line + "\n" for line in lines))
+    return p
+
+
+GOOD = json.dumps(_epoch(1, 0.98))
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([], r"m\.jsonl' has no epochs"),
+    (["", "   "], r"m\.jsonl' has no epochs"),
+    ([GOOD, '{"epoch": 2, "val_accuracy": 0.9'], r"m\.jsonl line 2: invalid JSON: .*column"),
+    ([GOOD, "", "not json"], r"m\.jsonl line 3: invalid JSON"),
+    (["[1, 2]"], r"line 1: expected a JSON object \(one epoch\), got list"),
+    ([GOOD, json.dumps({k: v for k, v in _epoch(2, 0.98).items() if k != "val_accuracy"})],
+     r"line 2: missing key 'val_accuracy'"),
+    ([json.dumps({k: v for k, v in _epoch(1, 0.98).items() if k != "epoch"})], r"line 1: missing key 'epoch'"),
+    ([json.dumps({"epoch": 1, "train_accuracy": 0.9, "val_accuracy": 0.9})], r"line 1: missing key 'train_loss'"),
+    ([json.dumps({"epoch": 1, "train_accuracy": 0.9, "val_accuracy": 0.9, "train_class_loss": 0.1})],
+     r"line 1: missing key 'train_reco_loss'"),
+    ([GOOD, json.dumps(_epoch(2, 0.98)).replace('"train_loss": 0.03', '"train_loss": NaN')],
+     r"line 2: train_loss is nan, not a finite number"),
+    ([json.dumps(_epoch(1, 0.98)).replace('"val_accuracy": 0.98', '"val_accuracy": Infinity')],
+     r"line 1: val_accuracy is inf, not a finite number"),
+    ([json.dumps(_epoch(1, 0.98)).replace('"val_accuracy": 0.98', '"val_accuracy": 1e999')],
+     r"line 1: val_accuracy is inf"),
+    ([json.dumps(_epoch(1, 0.98, val_accuracy="0.98"))], r"line 1: val_accuracy must be a number, got '0.98'"),
+    ([json.dumps(_epoch(1, 98.0))], r"line 1: val_accuracy must be a fraction in \[0, 1\], got 98.0"),
+    ([json.dumps(_epoch(1, 0.98, loss=-1.0))], r"line 1: train_loss must be >= 0"),
+    ([json.dumps(_epoch(1.5, 0.98))], r"line 1: epoch must be an integer >= 0, got 1.5"),
+    ([json.dumps(_epoch(True, 0.98))], r"line 1: epoch must be an integer"),
+    ([GOOD, GOOD], r"line 2: epoch 1 comes after epoch 1; epochs must increase"),
+])
+def test_training_curve_bad_logs(tmp_path, lines, message):
+    p = _jsonl(tmp_path, lines)
+    with pytest.raises(InvalidInputError, match=message) as info:
+        vis.training_curve(p, tmp_path / "out.png")
+    assert str(p) in str(info.value)
+    err = info.value  # one clean error: no json/Pillow exception chained to it
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+    assert sorted(os.listdir(tmp_path)) == ["m.jsonl"]  # nothing written
+
+
+def test_training_curve_bad_sources_and_outputs(tmp_path):
+    with pytest.raises(InvalidInputError, match=r"metrics file '.*nope\.jsonl' does not exist"):
+        vis.training_curve(tmp_path / "nope.jsonl")
+    with pytest.raises(InvalidInputError, match="is a folder"):
+        vis.training_curve(tmp_path)
+    (tmp_path / "bin.jsonl").write_bytes(GOOD.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(InvalidInputError, match=r"bin\.jsonl line 2: not UTF-8 text"):
+        vis.training_curve(tmp_path / "bin.jsonl")
+    with pytest.raises(InvalidInputError, match="metrics has no epochs"):
+        vis.training_curve([])
+    with pytest.raises(InvalidInputError, match="metrics line 2: expected a JSON object"):
+        vis.training_curve([_epoch(1, 0.98), "x"])
+    with pytest.raises(InvalidInputError, match="metrics line 1: missing key 'train_accuracy'"):
+        vis.training_curve([{"epoch": 1, "val_accuracy": 0.9, "train_loss": 0.1}])
+    with pytest.raises(InvalidInputError, match="metrics line 1: train_reco_loss is nan"):
+        vis.training_curve([_epoch(1, 0.98, train_reco_loss=float("nan"))])
+    for bad in (None, 3, {"epoch": 1}):
+        with pytest.raises(InvalidInputError, match="a path to a JSONL file or a list of dicts"):
+            vis.training_curve(bad)
+    with pytest.raises(InvalidInputError, match="title must be a string"):
+        vis.training_curve([_epoch(1, 0.98)], title=3)
+    # the output path is checked before anything is read or drawn
+    with pytest.raises(InvalidInputError, match=r"unknown extension '\.gif'"):
+        vis.training_curve(tmp_path / "nope.jsonl", tmp_path / "t.gif")
+    with pytest.raises(ExportError, match="does not exist"):
+        vis.training_curve([_epoch(1, 0.98)], tmp_path / "missing" / "t.png")
