@@ -31,8 +31,8 @@ import hashlib
 import json
 import os
 import pathlib
-import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -137,7 +137,7 @@ _TRAINERS = {}
 
 
 def _net_and_trainer(units=200, in_units=300):
-    """A small net and an Adam trainer that has taken one step (so it has states to save)."""
+    """A small net and an Adam trainer that has taken one step (so it has moments to save)."""
     import mxnet as mx
     from mxnet import autograd, gluon
     from mxnet.gluon import nn
@@ -158,7 +158,11 @@ def _net_and_trainer(units=200, in_units=300):
 
 
 def w_checkpoint(folder, big, *, note=0):
-    """Epoch 1 (small) or epoch 2 (big) of a run; ``note`` pads the history (checkpoint.json size)."""
+    """Epoch 1 (small) or epoch 2 (big) of a run; ``note`` pads the history (checkpoint.json size).
+
+    Format 2 (200x300 Dense): epoch-NNNN.params 240,934 bytes, epoch-NNNN.optimizer.params (Adam's
+    two moments) 481,854 bytes, checkpoint.json about 1 KB, or 1,200,946 bytes with ``note=600_000``
+    on the big version (two history records)."""
     from capszoo._train import _write_checkpoint
     net, trainer = _net_and_trainer()
     epoch = 2 if big else 1
@@ -183,8 +187,8 @@ WRITERS = [
     Writer("export_onnx", w_export_onnx, ("m.onnx",), "ExportError"),
     Writer("write_metadata", w_metadata, ("metadata.json",), "ExportError"),
     Writer("save_image", w_save_image, ("pic.png",), "ExportError"),
-    Writer("_write_checkpoint", w_checkpoint, ("epoch-0001.params", "epoch-0001.states", "checkpoint.json",
-                                               "metrics.jsonl"), "OSError"),
+    Writer("_write_checkpoint", w_checkpoint, ("epoch-0001.params", "epoch-0001.optimizer.params",
+                                               "checkpoint.json", "metrics.jsonl"), "CheckpointError"),
 ]
 WRITERS_BY_NAME = {w.name: w for w in WRITERS}
 
@@ -214,6 +218,9 @@ def test_folder_under_a_regular_file(writer, tmp_path, record_property):
     assert _error_name(info.value) == writer.error, repr(info.value)
     msg = str(info.value)
     assert "Not a directory" in msg or "a_file" in msg or "does not exist" in msg, msg
+    if writer.error == "CheckpointError":   # names the first file it could not write, and what to do
+        assert re.search(r"cannot write checkpoint file \S*/a_file/sub/epoch-0001\.params: Not a directory; "
+                         r"free some space or choose another --out", msg), msg
     assert blocker.read_bytes() == b"keep me"
     assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
@@ -231,10 +238,14 @@ FSIZE_CASES = [
     ("export_onnx", 64 << 10, "the model"),
     ("write_metadata", 64 << 10, "metadata.json"),
     ("save_image", 64 << 10, "the PNG"),
+    # epoch-0002.params 240,934 bytes, epoch-0002.optimizer.params 481,854, big-history checkpoint.json
+    # 1,200,946 (see w_checkpoint); the first word names the file that must fail (checked in the message)
     ("_write_checkpoint", 64 << 10, "epoch-0002.params"),
-    ("_write_checkpoint", 300 << 10, "epoch-0002.states (the params file fits)"),
-    ("_write_checkpoint:big-history", 550 << 10, "checkpoint.json (params and states fit)"),
+    ("_write_checkpoint", 300 << 10, "epoch-0002.optimizer.params (the params file fits)"),
+    ("_write_checkpoint:big-history", 550 << 10, "checkpoint.json (the params and optimizer files fit)"),
 ]
+#: The files a checkpoint writes, in order (metrics.jsonl comes after checkpoint.json).
+CHECKPOINT_ORDER = ("epoch-0002.params", "epoch-0002.optimizer.params", "checkpoint.json")
 
 
 def _fsize_child(folder, name, limit):
@@ -253,23 +264,42 @@ def _fsize_child(folder, name, limit):
         write(folder, True)
         error = None
     except Exception as exc:  # noqa: BLE001 - reported
-        error = {"class": _error_name(exc), "message": str(exc)[:500]}
+        error = {"class": _error_name(exc), "message": str(exc)[:1000]}
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     after = {f: _sha(os.path.join(folder, f)) for f in os.listdir(folder) if not f.endswith(".tmp")}
     ck = None
     if base == "_write_checkpoint":
-        from capszoo._weights import read_params
-        with open(os.path.join(folder, "checkpoint.json")) as fh:
-            ck = json.load(fh)
-        read_params(os.path.join(folder, ck["params"]))
-        with open(os.path.join(folder, ck["states"]), "rb") as fh:
-            pickle.loads(fh.read())
-        ck = {"epoch": ck["epoch"], "params": ck["params"], "states": ck["states"]}
+        ck = _checkpoint_report(folder)
     return {"error": error, "changed": sorted(f for f in before if after.get(f) != before[f]),
             "new_files": sorted(set(after) - set(before)), "temp_files": [os.path.basename(t) for t in
                                                                            temp_files(folder)],
             "checkpoint": ck}
+
+
+CHECKPOINT_KEYS = ["architecture", "best", "epoch", "format", "history", "optimizer", "params", "sha256"]
+
+
+def _checkpoint_report(folder):
+    """What checkpoint.json of ``folder`` (parsed as JSON) is and names, with the arrays of both files it
+    names (read with capszoo._weights.read_params) and whether each file's sha256 is the one
+    checkpoint.json records.  (Not capszoo._train._read_checkpoint: the histories written here are not
+    those of a real run.)"""
+    from capszoo._weights import read_params, sha256_file
+    with open(os.path.join(folder, "checkpoint.json"), "rb") as fh:
+        ck = json.loads(fh.read().decode("utf-8"))
+    files = {"params": ck["params"], "optimizer": ck["optimizer"]["file"]}
+    arrays = {k: {n: list(a.shape) for n, a in read_params(os.path.join(folder, f)).items()}
+              for k, f in files.items()}
+    return {"format": ck["format"], "keys": sorted(ck), "optimizer_name": ck["optimizer"]["name"],
+            "epoch": ck["epoch"], "history": [h["epoch"] for h in ck["history"]], **files, "arrays": arrays,
+            "sha256_ok": {k: sha256_file(os.path.join(folder, f)) == ck["sha256"][k] for k, f in files.items()}}
+
+
+def _checkpoint_arrays(units, in_units):
+    """The arrays (name -> shape) of a checkpoint of _net_and_trainer(units, in_units)."""
+    shapes = {"0.weight": [units, in_units], "0.bias": [units]}
+    return {"params": shapes, "optimizer": {f"{m}:{n}": s for m in ("mean", "var") for n, s in shapes.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -296,11 +326,24 @@ def test_full_disk_keeps_the_earlier_file(fsize_reports, i, record_property):
     assert rep["changed"] == [], f"earlier files changed: {rep['changed']}"
     assert rep["temp_files"] == [], f"temporary files left: {rep['temp_files']}"
     if writer.name == "_write_checkpoint":
-        # checkpoint.json still names the epoch-1 files, whole and readable (checked in the child)
-        assert rep["checkpoint"] == {"epoch": 1, "params": "epoch-0001.params", "states": "epoch-0001.states"}
-        # A checkpoint that failed after its params (or params and states) were written leaves those
-        # epoch-0002 files behind, unreferenced: the next checkpoint of epoch 2 replaces them.
-        assert set(rep["new_files"]) <= {"epoch-0002.params", "epoch-0002.states"}, rep["new_files"]
+        # The CheckpointError names the file the limit stopped, and what to do.
+        failing = stops.split()[0]
+        message = rep["error"]["message"]
+        assert re.search(r"^cannot write checkpoint file \S*/" + re.escape(failing) + r": (File too large|"
+                         r"cannot write weights file: the disk is full or a file size limit was reached \(.*\)); "
+                         r"free some space or choose another --out$", message), (stops, message)
+        assert "Traceback (most recent call last)" not in message, message
+        # checkpoint.json (format 2) still names the epoch-1 files: both read with read_params and
+        # match the sha256 it records (checked in the child)
+        assert rep["checkpoint"] == {"format": 2, "keys": CHECKPOINT_KEYS, "optimizer_name": "adam", "epoch": 1,
+                                     "history": [1], "params": "epoch-0001.params",
+                                     "optimizer": "epoch-0001.optimizer.params",
+                                     "arrays": _checkpoint_arrays(200, 300),
+                                     "sha256_ok": {"params": True, "optimizer": True}}, rep["checkpoint"]
+        # A checkpoint that failed after its params (or params and optimizer file) were written leaves
+        # exactly those epoch-0002 files behind, unreferenced: the next checkpoint of epoch 2 replaces them.
+        written = [f for f in CHECKPOINT_ORDER[:CHECKPOINT_ORDER.index(failing)] if f.startswith("epoch-")]
+        assert rep["new_files"] == sorted(written), rep["new_files"]
     else:
         assert rep["new_files"] == [], rep["new_files"]
 
@@ -456,9 +499,9 @@ while True:
 
 
 def test_kill_9_during_checkpoint_writes(tmp_path, record_property):
-    """A child writes checkpoints (1 MB params, 2 MB states) of epoch 1, 2, 3...; killed at 5 seeded
-    random moments.  checkpoint.json always parses and names whole, readable files."""
-    from capszoo._weights import read_params
+    """A child writes checkpoints (1 MB params, 2 MB optimizer file) of epoch 1, 2, 3...; killed at 5
+    seeded random moments.  checkpoint.json always parses (format 2) and names whole files, readable
+    with read_params, whose sha256 is the one it records."""
     rng = random.Random(7)
     folder = tmp_path / "run"
     folder.mkdir()
@@ -472,12 +515,14 @@ def test_kill_9_during_checkpoint_writes(tmp_path, record_property):
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
         p.stdout.close()
-        ck = json.loads((folder / "checkpoint.json").read_text())
-        arrays = read_params(folder / ck["params"])
-        assert {k: a.shape for k, a in arrays.items()} == {"0.weight": (256, 1024), "0.bias": (256,)}
-        pickle.loads((folder / ck["states"]).read_bytes())
-        assert [h["epoch"] for h in ck["history"]] == list(range(1, ck["epoch"] + 1))
-        epochs.append(ck["epoch"])
+        ck = _checkpoint_report(str(folder))
+        e = ck["epoch"]
+        assert (ck["format"], ck["keys"], ck["optimizer_name"]) == (2, CHECKPOINT_KEYS, "adam"), ck
+        assert (ck["params"], ck["optimizer"]) == (f"epoch-{e:04d}.params", f"epoch-{e:04d}.optimizer.params")
+        assert ck["arrays"] == _checkpoint_arrays(256, 1024), ck["arrays"]
+        assert ck["sha256_ok"] == {"params": True, "optimizer": True}, ck
+        assert ck["history"] == list(range(1, e + 1))
+        epochs.append(e)
         good += 1
         for t in temp_files(folder):
             os.unlink(t)
