@@ -8,7 +8,8 @@
    an older bundled file);
 4. writes capszoo/pretrained/capsnet-mnist.json, the manifest the model card is built
    from (file name, size, sha256, Hub location, metrics, training summary);
-5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl.
+5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl and draws it
+   into docs/figures/training.png.
 """
 import argparse
 import json
@@ -75,6 +76,9 @@ def main(argv=None):
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)
     atomic_write_text(os.path.join(REPO, "recipes", "capsnet-mnist.metrics.jsonl"),
                       "".join(json.dumps(m) + "\n" for m in history))
+    from capszoo._visualize import training_curve
+    training_curve(os.path.join(REPO, "recipes", "capsnet-mnist.metrics.jsonl"),
+                   os.path.join(REPO, "docs", "figures", "training.png"))
     print(json.dumps(manifest, indent=2))
     print(result.format())
     return 0

@@ -509,10 +509,16 @@ def _resume(run, train_data):
 
 @pytest.mark.parametrize("cid,mutate,errors,pattern", _case_params())
 def test_broken_run_directory(cid, mutate, errors, pattern, reference, train_data, tmp_path, record_property):
+    record_property("harden", ("training: --resume of a broken run directory", 1))
+    _assert_resume_refused(reference["dir"], mutate, errors, pattern, train_data, tmp_path)
+
+
+def _assert_resume_refused(source, mutate, errors, pattern, train_data, tmp_path):
+    """Resume a mutated copy of ``source``: a capszoo error of a type in ``errors`` matching
+    ``pattern``, and no code of a crafted file ever ran.  Returns the error."""
     import re
     from capszoo.errors import CapszooError
-    record_property("harden", ("training: --resume of a broken run directory", 1))
-    run = _copy_run(reference["dir"], tmp_path / "run")
+    run = _copy_run(source, tmp_path / "run")
     mutate(run)
     with pytest.raises(Exception) as info:
         _resume(run, train_data)
@@ -521,6 +527,7 @@ def test_broken_run_directory(cid, mutate, errors, pattern, reference, train_dat
     assert type(exc).__name__ in errors, f"{type(exc).__name__}: {exc}"
     assert re.search(pattern, str(exc)), str(exc)
     assert not (run / "pwned").exists()
+    return exc
 
 
 def test_undamaged_copy_resumes(reference, train_data, tmp_path):
@@ -630,18 +637,8 @@ def test_legacy_checkpoint_resumes_bit_identical(reference, legacy_run, mnist_di
 @pytest.mark.parametrize("cid,mutate,errors,pattern", LEGACY_CASES, ids=[c[0] for c in LEGACY_CASES])
 def test_broken_legacy_run_directory(cid, mutate, errors, pattern, legacy_run, train_data, tmp_path,
                                      record_property):
-    import re
-    from capszoo.errors import CapszooError
     record_property("harden", ("training: --resume of a broken format-1 run directory", 1))
-    run = _copy_run(legacy_run, tmp_path / "run")
-    mutate(run)
-    with pytest.raises(Exception) as info:
-        _resume(run, train_data)
-    exc = info.value
-    assert isinstance(exc, CapszooError), f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
-    assert type(exc).__name__ in errors, f"{type(exc).__name__}: {exc}"
-    assert re.search(pattern, str(exc)), str(exc)
-    assert not (run / "pwned").exists()
+    exc = _assert_resume_refused(legacy_run, mutate, errors, pattern, train_data, tmp_path)
     assert "remove the run directory" in str(exc) or "start a new run" in str(exc), str(exc)
 
 
