@@ -2,7 +2,7 @@
 
 A recipe names every choice that determines the trained weights.  The schema is
 the dataclasses below: each TOML table is one dataclass, unknown keys, missing
-keys and wrong types are :class:`~capszoo.errors.RecipeError`.
+keys (those without a default) and wrong types are :class:`~capszoo.errors.RecipeError`.
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ class OptimizerSection:
     name: str
     learning_rate: float
     lr_decay: float
+    #: Decay of the exponential moving average of the weights that validation, model
+    #: selection and the saved weights use (0: none, the raw weights).  Optional.
+    ema_decay: float = 0.0
 
     def _check(self):
         if self.name not in ("adam",):
@@ -59,6 +62,13 @@ class OptimizerSection:
         _positive(self, "learning_rate")
         if not 0.0 < self.lr_decay <= 1.0:
             raise RecipeError(f"optimizer.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:   # NaN fails the comparison
+            raise RecipeError(f"optimizer.ema_decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}")
+
+    def ema_decay_at(self, step: int) -> float:
+        """Decay of the weight average at its 0-based ``step``: ``min(ema_decay, (1 + step) / (10 + step))``,
+        so that the average follows the weights closely while it is young."""
+        return min(self.ema_decay, (1.0 + step) / (10.0 + step))
 
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
@@ -170,10 +180,11 @@ def _build(cls, table, where):
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise RecipeError(f"[{where}] unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
-    missing = [f for f in fields if f not in table]
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in table and f.default is dataclasses.MISSING]   # keys with a default are optional
     if missing:
         raise RecipeError(f"[{where}] missing key(s) {', '.join(missing)}")
-    obj = cls(**{f: _typed(f"{where}.{f}", table[f], hints[f]) for f in fields})
+    obj = cls(**{f: _typed(f"{where}.{f}", table[f], hints[f]) for f in fields if f in table})
     obj._check()
     return obj
 

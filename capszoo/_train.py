@@ -10,8 +10,20 @@ A run directory holds::
     epoch-NNNN.optimizer.params  Adam's moments after epoch NNNN: arrays ``mean:<name>`` and
                                  ``var:<name>`` per parameter, in the ``.params`` format (data
                                  only, read by capszoo._weights' strict reader; no pickle)
-    best.params                  the weights with the best validation accuracy
+    epoch-NNNN.ema.params        the moving average of the weights after epoch NNNN, when the
+                                 recipe sets ``optimizer.ema_decay``
+    best.params                  the weights with the best validation accuracy (the moving
+                                 average's, when there is one)
     metrics.jsonl                one line per completed epoch
+
+Weight averaging (``optimizer.ema_decay`` > 0): after every optimizer step the
+average ``a`` of each weight ``w`` becomes ``d a + (1 - d) w`` with ``d`` =
+``min(ema_decay, (1 + t) / (10 + t))`` at the average's step ``t``.  Validation,
+model selection (``best.params``) and the reported accuracy use the average;
+the history also records ``val_accuracy_raw``, that of the weights themselves.
+A run resumed from a checkpoint without an average (an older run) starts it
+from the checkpoint's weights, and ``checkpoint.json`` records the epoch it
+started after (``ema.started_epoch``).
 
 Every file is written to a temporary name and renamed, and ``checkpoint.json``
 is replaced last, so a kill at any point leaves the previous checkpoint whole;
@@ -90,6 +102,9 @@ LEGACY_FORMAT_VERSION = 1
 _CHECKPOINT_KEYS = {
     FORMAT_VERSION: frozenset(("format", "epoch", "params", "optimizer", "sha256", "history", "best",
                                "architecture")),
+    # format 2 with the moving average of the weights (optimizer.ema_decay > 0)
+    (FORMAT_VERSION, "ema"): frozenset(("format", "epoch", "params", "optimizer", "sha256", "history", "best",
+                                        "architecture", "ema")),
     LEGACY_FORMAT_VERSION: frozenset(("format", "epoch", "params", "states", "history", "best", "architecture")),
 }
 #: Largest checkpoint.json read (10,000 epochs of history take about 4 MB).
@@ -357,11 +372,12 @@ def _read_checkpoint(out_dir, net):
     if ck.get("architecture") != _arch_signature(net):
         raise CheckpointError(f"{path} was written for another architecture (parameter names or shapes "
                               "differ); use a new --out directory")
-    missing, extra = sorted(_CHECKPOINT_KEYS[fmt] - ck.keys()), sorted(ck.keys() - _CHECKPOINT_KEYS[fmt])
+    keys = _CHECKPOINT_KEYS[(fmt, "ema") if fmt == FORMAT_VERSION and "ema" in ck else fmt]
+    missing, extra = sorted(keys - ck.keys()), sorted(ck.keys() - keys)
     if missing or extra:
         raise bad(", ".join(([f"missing {', '.join(missing)}"] if missing else [])
                             + ([f"unexpected {', '.join(map(_short, extra))}"] if extra else []))
-                  + f" (format {fmt} checkpoints have {', '.join(sorted(_CHECKPOINT_KEYS[fmt]))})")
+                  + f" (format {fmt} checkpoints have {', '.join(sorted(keys))})")
     epoch = ck["epoch"]
     if not _is_int(epoch) or not 1 <= epoch <= MAX_EPOCHS:
         raise bad(f"epoch must be an integer from 1 to {MAX_EPOCHS}, got {_short(epoch)}")
@@ -378,11 +394,12 @@ def _read_checkpoint(out_dir, net):
             raise bad(f"bad states entry {_short(ck['states'])} (expected a file name in the run directory)")
     else:
         _check_optimizer_scalars(ck["optimizer"], list(param_shapes(net)), bad, with_file=True)
-        sha = ck["sha256"]
-        if not isinstance(sha, dict) or set(sha) != {"params", "optimizer"} or not all(map(_is_sha256,
-                                                                                               sha.values())):
-            raise bad(f"bad sha256 entry {_short(sha)} (expected {{\"params\": <64 hex digits>, "
-                      "\"optimizer\": <64 hex digits>})")
+        sha, files = ck["sha256"], {"params", "optimizer"} | ({"ema"} if "ema" in ck else set())
+        if not isinstance(sha, dict) or set(sha) != files or not all(map(_is_sha256, sha.values())):
+            raise bad(f"bad sha256 entry {_short(sha)} (expected {{" + ", ".join(f'\"{f}\": <64 hex digits>'
+                                                                                 for f in sorted(files)) + "})")
+        if "ema" in ck:
+            _check_ema_entry(ck["ema"], ck["epoch"], bad)
     history = ck["history"]
     if not isinstance(history, list) or len(history) != epoch:
         raise bad(f"history must be a list of {epoch} epoch records (one per completed epoch), got "
@@ -405,6 +422,64 @@ def _read_checkpoint(out_dir, net):
     if not ok:
         raise bad(f"best val_accuracy {_short(b_acc)} is not that of epoch {b_epoch} in the history")
     return ck
+
+
+def _check_ema_entry(ema, epoch, bad):
+    """Check the ``ema`` entry of checkpoint.json: ``{"file", "decay", "num_update", "started_epoch"}``."""
+    keys = {"file", "decay", "num_update", "started_epoch"}
+    if not isinstance(ema, dict) or set(ema) != keys:
+        raise bad(f"bad ema entry: expected an object with {', '.join(sorted(keys))}, got "
+                  + (str(sorted(ema)) if isinstance(ema, dict) else _short(ema)))
+    if not _is_plain_name(ema["file"]):
+        raise bad(f"bad ema file entry {_short(ema['file'])} (expected a file name in the run directory)")
+    if not (_is_number(ema["decay"]) and 0 < ema["decay"] < 1):
+        raise bad(f"ema decay must be a number in (0, 1), got {_short(ema['decay'])}")
+    if not _is_int(ema["num_update"]) or not 0 <= ema["num_update"] <= 2 ** 53:
+        raise bad(f"ema num_update must be an integer from 0 to 2**53, got {_short(ema['num_update'])}")
+    if not _is_int(ema["started_epoch"]) or not 0 <= ema["started_epoch"] <= epoch:
+        raise bad(f"ema started_epoch must be an integer from 0 to {epoch}, got {_short(ema['started_epoch'])}")
+
+
+class _WeightAverage:
+    """The exponential moving average of a net's weights, kept in a second net of the same architecture.
+
+    ``update()`` after each optimizer step: ``a = d a + (1 - d) w`` with
+    ``d = decay_at(num_update)`` (see :meth:`capszoo.Recipe.optimizer.ema_decay_at`),
+    on the first context; ``net`` then holds the average on every context (for
+    validation and saving) after :meth:`sync`."""
+
+    def __init__(self, net, recipe, ctxs, *, started_epoch, num_update=0):
+        self.source = net
+        self.net = CapsNet(routing_iterations=recipe.net.routing_iterations)
+        self.net.initialize(ctx=ctxs)
+        self.decay, self.decay_at = recipe.optimizer.ema_decay, recipe.optimizer.ema_decay_at
+        self.started_epoch, self.num_update = started_epoch, num_update
+        self._pairs = [(p.data(ctxs[0]), self.net._collect_params_with_prefix()[n])
+                       for n, p in net._collect_params_with_prefix().items()]
+        self.copy_from_source()
+
+    def copy_from_source(self):
+        for w, p in self._pairs:
+            for arr in p.list_data():
+                arr[:] = w
+
+    def update(self):
+        d = self.decay_at(self.num_update)
+        for w, p in self._pairs:
+            a = p.list_data()[0]
+            a[:] = a * d + w * (1.0 - d)
+        self.num_update += 1
+
+    def sync(self):
+        """Copy the average of the first context to the others."""
+        for _, p in self._pairs:
+            first, *others = p.list_data()
+            for arr in others:
+                arr[:] = first
+        return self.net
+
+    def entry(self, file):
+        return {"file": file, "decay": self.decay, "num_update": self.num_update, "started_epoch": self.started_epoch}
 
 
 def _check_optimizer_scalars(opt, names, bad, *, with_file):
@@ -845,8 +920,11 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
             atomic_write_json(path, {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
                                      "kvstore": kv if isinstance(kv, str) else kv.type,
                                      "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    ema = _start_weight_average(net, recipe, ctxs, out_dir, ck, start_epoch)
     train_net.hybridize(static_alloc=True)
     net.hybridize(static_alloc=True)
+    if ema is not None:
+        ema.net.hybridize(static_alloc=True)
 
     for epoch in range(start_epoch, cfg.epochs):
         lr = recipe.optimizer.learning_rate_at(epoch)
@@ -874,6 +952,8 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
                     outs.append((cl, rl, probs, yb))
                     (cl + rl).backward()
             trainer.step(len(idx) * grad_scale)
+            if ema is not None:
+                ema.update()
             for cl, rl, probs, yb in outs:
                 sums += (cl.sum().asscalar(), rl.sum().asscalar(),
                          (probs.argmax(axis=1) == yb).sum().asscalar())
@@ -888,28 +968,33 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
             kv.pushpull(_KEY_METRICS, total, out=out)
             *sums, seen = out.asnumpy()
             sums, images_seen = np.array(sums), seen
-        va_probs = predict_probabilities(net, va_images, ctx=ctxs) if len(va_images) else None
+        eval_net = ema.sync() if ema is not None else net   # validated, selected and saved
+        va_probs = predict_probabilities(eval_net, va_images, ctx=ctxs) if len(va_images) else None
         va_acc = float((va_probs.argmax(1) == va_labels).mean()) if va_probs is not None else float("nan")
+        extra = {}
+        if ema is not None and va_probs is not None:
+            raw = predict_probabilities(net, va_images, ctx=ctxs)
+            extra["val_accuracy_raw"] = float((raw.argmax(1) == va_labels).mean())
         metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[:2].sum() / seen,
                    "train_class_loss": sums[0] / seen, "train_reco_loss": sums[1] / seen,
                    "train_accuracy": sums[2] / seen, "val_accuracy": va_acc,
                    "val_errors": int(round((1 - va_acc) * len(va_labels))) if va_probs is not None else None,
                    "images_per_second": images_seen / train_time, "epoch_seconds": time.time() - t0,
-                   "train_images": int(images_seen)}
+                   "train_images": int(images_seen), **extra}
         metrics = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
         history.append(metrics)
         if va_probs is not None and va_acc > best["val_accuracy"]:
             best = {"epoch": epoch + 1, "val_accuracy": va_acc}
             if rank == 0:
                 with _writing(os.path.join(out_dir, "best.params")) as path:
-                    save_params(net, path)
+                    save_params(eval_net, path)
         if rank == 0:
-            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async)
+            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async, ema=ema)
         if log:
             log(metrics)
     if best["epoch"] < 0 and rank == 0:  # no validation data: the last weights are the result
         with _writing(os.path.join(out_dir, "best.params")) as path:
-            save_params(net, path)
+            save_params(ema.sync() if ema is not None else net, path)
     if os.environ.get(SAVE_ALL_RANKS_ENV, "") not in ("", "0"):  # checking that workers agree
         with _writing(os.path.join(out_dir, f"final-rank{rank}.params")) as path:
             save_params(net, path)
@@ -951,7 +1036,36 @@ def _remove_stale_temp_files(out_dir):
     return removed
 
 
-def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True):
+def _start_weight_average(net, recipe, ctxs, out_dir, ck, start_epoch):
+    """The run's :class:`_WeightAverage` (None when the recipe has no ``ema_decay``): the checkpoint's,
+    or a new one that starts from the current weights.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint's average has another decay than the recipe's, or its file is
+        missing, damaged (sha256) or not of this net.
+    """
+    decay = recipe.optimizer.ema_decay
+    entry = ck.get("ema") if ck is not None else None
+    if not decay:
+        return None
+    if entry is None:   # a new run, or a checkpoint written without an average
+        return _WeightAverage(net, recipe, ctxs, started_epoch=start_epoch)
+    path = os.path.join(out_dir, entry["file"])
+    if entry["decay"] != decay:
+        raise CheckpointError(f"{os.path.join(out_dir, CHECKPOINT)}: the run averages its weights with "
+                              f"ema_decay {entry['decay']}, the recipe says {decay}; resume with the run's recipe")
+    ema = _WeightAverage(net, recipe, ctxs, started_epoch=entry["started_epoch"], num_update=entry["num_update"])
+    load_params_into(ema.net, path, ctx=ctxs)   # WeightsFormatError: a missing or damaged file
+    try:
+        _check_sha256(path, ck["sha256"]["ema"])
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}; {_FIX}") from None
+    return ema
+
+
+def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True, ema=None):
     """Write the checkpoint of ``epoch``: weights, optimizer state, then checkpoint.json and metrics.jsonl.
 
     Each file is written atomically and hashed; ``checkpoint.json`` (which names the
@@ -978,6 +1092,13 @@ def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=T
         optimizer, opt_file = None, None
     ck = {"format": FORMAT_VERSION, "epoch": epoch, "params": params, "optimizer": optimizer, "sha256": sha,
           "history": history, "best": best, "architecture": _arch_signature(net)}
+    ema_file = None
+    if ema is not None:
+        ema_file = f"epoch-{epoch:04d}.ema.params"
+        with _writing(os.path.join(out_dir, ema_file)) as path:
+            save_params(ema.sync(), path)
+            sha["ema"] = sha256_file(path)
+        ck["ema"] = ema.entry(ema_file)
     with _writing(os.path.join(out_dir, CHECKPOINT)) as path:
         atomic_write_json(path, ck)
     with _writing(os.path.join(out_dir, "metrics.jsonl")) as path:
@@ -987,7 +1108,7 @@ def _write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=T
     except OSError:
         names = []
     for f in names:  # drop older epoch files (of either format), after the new checkpoint is in place
-        if f.startswith("epoch-") and f not in (params, opt_file) and not f.endswith(".tmp"):
+        if f.startswith("epoch-") and f not in (params, opt_file, ema_file) and not f.endswith(".tmp"):
             try:
                 os.unlink(os.path.join(out_dir, f))
             except OSError:

@@ -228,14 +228,19 @@ def _ck_edit(**changes):
     return mutate
 
 
-def _nan_params(run):
-    from capszoo._weights import read_params
-    sys.path.insert(0, str(HERE))
-    import test_harden_weights as hw
-    arrays = read_params(run / "epoch-0003.params")
-    arrays["ReLUConv1.bias"] = arrays["ReLUConv1.bias"].copy()
-    arrays["ReLUConv1.bias"][3] = np.nan
-    _replace(run / "epoch-0003.params", hw.encode(arrays))
+def _nan_params_in(name):
+    def mutate(run):
+        from capszoo._weights import read_params
+        sys.path.insert(0, str(HERE))
+        import test_harden_weights as hw
+        arrays = read_params(run / name)
+        arrays["ReLUConv1.bias"] = arrays["ReLUConv1.bias"].copy()
+        arrays["ReLUConv1.bias"][3] = np.nan
+        _replace(run / name, hw.encode(arrays))
+    return mutate
+
+
+_nan_params = _nan_params_in("epoch-0003.params")
 
 
 def _nan_moment(run):
@@ -301,6 +306,8 @@ def _ck_apply(fn):
 
 #: The optimizer state file of the reference run (checkpoint format 2: Adam's moments, .params format).
 OPT = "epoch-0003.optimizer.params"
+#: Its moving average of the weights (the recipe's optimizer.ema_decay).
+EMA = "epoch-0003.ema.params"
 
 #: (id, mutation of a copy of the finished reference run, expected errors, regex, known gap or None).
 #: A known gap (a strict xfail) is a reason string; none is left: the gaps of capszoo/_train.py listed
@@ -395,8 +402,27 @@ RUN_DIR_CASES = [
     ("checkpoint-sha256-not-hex", _ck_edit_in("sha256", params="0" * 63 + "g"), ("CheckpointError",),
      r"bad sha256 entry", None),
     ("checkpoint-sha256-swapped",
-     _ck_apply(lambda ck: ck.update(sha256={"params": ck["sha256"]["optimizer"], "optimizer": ck["sha256"]["params"]})),
+     _ck_apply(lambda ck: ck["sha256"].update(params=ck["sha256"]["optimizer"], optimizer=ck["sha256"]["params"])),
      ("CheckpointError",), r"epoch-0003\.params has sha256 [0-9a-f]{64}, but checkpoint\.json records", None),
+    ("checkpoint-sha256-without-ema", _ck_apply(lambda ck: ck["sha256"].pop("ema")), ("CheckpointError",),
+     r"bad sha256 entry .*expected \{\"ema\": <64 hex digits>, \"optimizer\"", None),
+    ("checkpoint-ema-not-an-object", _ck_edit(ema=EMA), ("CheckpointError",),
+     r"bad ema entry: expected an object with decay, file, num_update, started_epoch", None),
+    ("checkpoint-ema-file-escapes", _ck_edit_in("ema", file="../reference/" + EMA), ("CheckpointError",),
+     r"bad ema file entry", None),
+    ("checkpoint-ema-decay-one", _ck_edit_in("ema", decay=1.0), ("CheckpointError",),
+     r"ema decay must be a number in \(0, 1\), got 1\.0", None),
+    ("checkpoint-ema-started-later", _ck_edit_in("ema", started_epoch=4), ("CheckpointError",),
+     r"ema started_epoch must be an integer from 0 to 3, got 4", None),
+    ("checkpoint-ema-num-update-negative", _ck_edit_in("ema", num_update=-1), ("CheckpointError",),
+     r"ema num_update must be an integer", None),
+    ("checkpoint-ema-key-missing", _ck_edit_in("ema", started_epoch=...), ("CheckpointError",),
+     r"bad ema entry: expected an object with", None),
+    ("ema-file-deleted", lambda r: (r / EMA).unlink(), ("WeightsFormatError",),
+     r"epoch-0003\.ema\.params: no such file", None),
+    ("ema-nan", _nan_params_in(EMA), ("WeightsFormatError",), r"ReLUConv1\.bias holds 1 NaN/inf values", None),
+    ("ema-byte-flipped-in-data", _flip_mantissa(EMA, "PrimaryCaps.weight"), ("CheckpointError",),
+     r"epoch-0003\.ema\.params has sha256 [0-9a-f]{64}, but checkpoint\.json records", None),
     ("optimizer-file-deleted", lambda r: (r / OPT).unlink(), ("CheckpointError",),
      r"optimizer state file .*epoch-0003\.optimizer\.params is missing", None),
     ("optimizer-truncated", lambda r: _replace(r / OPT, (r / OPT).read_bytes()[:1 << 20]), ("CheckpointError",),
@@ -564,8 +590,9 @@ from capszoo._io import atomic_path, atomic_write_json, atomic_write_text
 from capszoo._weights import save_params
 
 
-def legacy_write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True):
-    """capszoo's checkpoint writer of format 1 (verbatim but for _arch_signature's module)."""
+def legacy_write_checkpoint(out_dir, net, trainer, epoch, history, best, save_states=True, ema=None):
+    """capszoo's checkpoint writer of format 1 (verbatim but for _arch_signature's module; it knew no
+    moving average of the weights: ``ema`` is ignored)."""
     params, states = f"epoch-{epoch:04d}.params", f"epoch-{epoch:04d}.states"
     save_params(net, os.path.join(out_dir, params))
     if save_states:
@@ -614,8 +641,10 @@ def legacy_run(mnist_dir, tmp_path_factory):
 
 
 def test_legacy_checkpoint_resumes_bit_identical(reference, legacy_run, mnist_dir, tmp_path, record_property):
-    """Format 1 -> --resume with this capszoo -> the reference's weights, Adam state and metrics, exactly;
-    the checkpoint after the resumed epoch is of format 2 and the pickle is gone."""
+    """Format 1 -> --resume with this capszoo -> the reference's weights, Adam state and training metrics,
+    exactly; the checkpoint after the resumed epoch is of format 2 and the pickle is gone.  Format 1 had no
+    moving average of the weights: the resumed run starts one after epoch 2 (the reference's started at 0),
+    so the averaged weights (best.params, validation) are the one thing that differs."""
     from capszoo._weights import read_params
     record_property("harden", ("training: --resume of a format-1 (pickled optimizer state) run", 1))
     run = _copy_run(legacy_run, tmp_path / "run")
@@ -624,14 +653,20 @@ def test_legacy_checkpoint_resumes_bit_identical(reference, legacy_run, mnist_di
     log = q.communicate(timeout=600)[0].decode()
     assert q.returncode == 0, log[-2000:]
     ref = reference["dir"]
-    for name in ("epoch-0003.params", "best.params"):
-        a, b = read_params(ref / name), read_params(run / name)
-        assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == [], name
-    assert _optimizer_state(run) == _optimizer_state(ref)
-    assert _metrics(run) == _metrics(ref)
+    a, b = read_params(ref / "epoch-0003.params"), read_params(run / "epoch-0003.params")
+    assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == []
+    got, want = _optimizer_state(run), _optimizer_state(ref)
+    assert got["sha256"].pop("ema") != want["sha256"].pop("ema")
+    assert got == want
+    averaged = ("val_accuracy", "val_errors", "val_accuracy_raw")
+    assert [{k: v for k, v in m.items() if k not in averaged} for m in _metrics(run)] == \
+        [{k: v for k, v in m.items() if k not in averaged} for m in _metrics(ref)]
+    assert _metrics(run)[2]["val_accuracy_raw"] == _metrics(ref)[2]["val_accuracy_raw"]   # the same weights
+    ema = json.loads((run / "checkpoint.json").read_text())["ema"]
+    assert ema == {"file": "epoch-0003.ema.params", "decay": 0.999, "num_update": 2, "started_epoch": 2}
     assert sorted(os.listdir(run)) == sorted(os.listdir(ref)) == [
-        "best.params", "checkpoint.json", "epoch-0003.optimizer.params", "epoch-0003.params", "metrics.jsonl",
-        "run.json"]
+        "best.params", "checkpoint.json", "epoch-0003.ema.params", "epoch-0003.optimizer.params",
+        "epoch-0003.params", "metrics.jsonl", "run.json"]
 
 
 @pytest.mark.parametrize("cid,mutate,errors,pattern", LEGACY_CASES, ids=[c[0] for c in LEGACY_CASES])

@@ -43,6 +43,16 @@ def test_bundled_recipe_is_wolframs_setup():
     assert r.optimizer.learning_rate_at(2) == pytest.approx(0.001 * r.optimizer.lr_decay ** 2)
     assert r.data.max_shift == 2 and r.data.validation_size > 0
     assert r.train.epochs <= 50
+    assert r.optimizer.ema_decay == 0.999
+    assert [r.optimizer.ema_decay_at(t) for t in (0, 1, 10)] == [0.1, 2 / 11, 11 / 20]
+    assert r.optimizer.ema_decay_at(10 ** 6) == 0.999
+
+
+def test_ema_decay_is_optional(recipe_doc):
+    import copy
+    d = copy.deepcopy(recipe_doc)
+    d["optimizer"].pop("ema_decay")
+    assert parse_recipe(d).optimizer.ema_decay == 0.0
 
 
 @pytest.mark.parametrize("mutate,message", [
@@ -53,6 +63,10 @@ def test_bundled_recipe_is_wolframs_setup():
     (lambda d: d["train"].update(batch_size=True), "train.batch_size must be of type int, got bool"),
     (lambda d: d["train"].update(batch_size=0), "batch_size must be > 0"),
     (lambda d: d["optimizer"].update(name="sgd"), "optimizer.name 'sgd' is not supported"),
+    (lambda d: d["optimizer"].update(ema_decay=1.0), r"optimizer\.ema_decay must be in \[0, 1\) \(0: no weight "
+                                                      r"averaging\), got 1\.0"),
+    (lambda d: d["optimizer"].update(ema_decay=float("nan")), r"ema_decay must be in \[0, 1\).*got nan"),
+    (lambda d: d["optimizer"].update(ema_decay="0.9"), "optimizer.ema_decay must be of type float, got str"),
     (lambda d: d["loss"].update(margin_m_minus=0.95), "margin_m_minus < margin_m_plus"),
     (lambda d: d["data"].update(max_shift=20), "max_shift must be 0..8"),
     (lambda d: d.pop("net"), "missing net"),
@@ -109,10 +123,11 @@ def test_short_run_loss_falls(train_data, tmp_path):
     losses = [m["train_loss"] for m in res.history]
     assert len(losses) == 3 and losses[2] < losses[0] * 0.9, losses
     files = sorted(os.listdir(tmp_path / "run"))
-    assert files == ["best.params", "checkpoint.json", "epoch-0003.optimizer.params", "epoch-0003.params",
-                     "metrics.jsonl", "run.json"]
+    assert files == ["best.params", "checkpoint.json", "epoch-0003.ema.params", "epoch-0003.optimizer.params",
+                     "epoch-0003.params", "metrics.jsonl", "run.json"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    assert all(0 <= json.loads(x)["val_accuracy_raw"] <= 1 for x in lines)
     assert read_params(tmp_path / "run" / "best.params").keys() == read_params(
         tmp_path / "run" / "epoch-0003.params").keys()
 
@@ -224,7 +239,8 @@ def test_optimizer_state_format_round_trip(one_epoch_run):
     assert opt["file"] == "epoch-0001.optimizer.params" and opt["name"] == "adam"
     assert (one_epoch_run / opt["file"]).read_bytes()[:8] == (0x112).to_bytes(8, "little")  # .params, not pickle
     assert ck["sha256"] == {"params": sha256_file(one_epoch_run / "epoch-0001.params"),
-                            "optimizer": sha256_file(one_epoch_run / opt["file"])}
+                            "optimizer": sha256_file(one_epoch_run / opt["file"]),
+                            "ema": sha256_file(one_epoch_run / "epoch-0001.ema.params")}
     shapes = param_shapes(CapsNet())
     moments = read_params(one_epoch_run / opt["file"])
     assert sorted(moments) == sorted(f"{part}:{n}" for n in shapes for part in ("mean", "var"))
@@ -244,7 +260,7 @@ def test_optimizer_state_format_round_trip(one_epoch_run):
     assert all(back[k].asnumpy().tobytes() == moments[k].tobytes() for k in moments)
 
 
-@pytest.mark.parametrize("target", ["epoch-0001.params", "epoch-0001.optimizer.params"])
+@pytest.mark.parametrize("target", ["epoch-0001.params", "epoch-0001.optimizer.params", "epoch-0001.ema.params"])
 def test_sha256_mismatch_is_refused(one_epoch_run, train_data, tmp_path, target):
     """One changed byte in the data of a checkpoint file (still a valid, finite file) stops --resume."""
     run = _copy(one_epoch_run, tmp_path / "run")
@@ -277,6 +293,56 @@ def test_stale_temp_files_are_removed(one_epoch_run, train_data, tmp_path):
           max_steps_per_epoch=2, seed=3, validation_size=100, resume=True)   # nothing left to train
     assert sorted(f for f in os.listdir(run) if f.startswith(".") or f == "notes.txt") == sorted(
         [".epoch-folder.tmp", ".hidden.tmp", "notes.txt"])
+
+
+def test_weight_average_is_what_validation_and_best_params_use(one_epoch_run, train_data, tmp_path):
+    """One step from w0 to w1: the average is d0 w0 + (1 - d0) w1 with d0 = min(0.999, 1/10); best.params is the
+    average, and the checkpoint's ema entry says so."""
+    from capszoo._net import CapsNet
+    from capszoo._train import initialize_net
+    r = load_recipe("capsnet-mnist")
+    run = tmp_path / "run"
+    train(r, data=train_data, out_dir=run, epochs=1, batch_size=16, progress=False, max_steps_per_epoch=1, seed=3,
+          validation_size=100)
+    net = CapsNet()
+    initialize_net(net, r, [mx.cpu()], 3)   # the run's seed: its w0
+    w0 = {n: p.data().asnumpy() for n, p in net._collect_params_with_prefix().items()}
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["ema"] == {"file": "epoch-0001.ema.params", "decay": 0.999, "num_update": 1, "started_epoch": 0}
+    ema, w1, best = (read_params(run / f) for f in ("epoch-0001.ema.params", "epoch-0001.params", "best.params"))
+    assert sorted(ema) == sorted(w0) == sorted(w1) == sorted(best)
+    assert all(best[n].tobytes() == ema[n].tobytes() for n in ema)
+    d0 = r.optimizer.ema_decay_at(0)
+    assert d0 == 0.1
+    for n in ema:
+        assert np.abs(ema[n] - (d0 * w0[n] + (1 - d0) * w1[n])).max() < 1e-7, n
+    assert max(float(np.abs(w1[n] - w0[n]).max()) for n in w0) > 5e-4   # Adam moved the weights (lr 1e-3)
+    assert 0 <= ck["history"][0]["val_accuracy_raw"] <= 1
+    two = json.loads((one_epoch_run / "checkpoint.json").read_text())["ema"]
+    assert two["num_update"] == 2 and two["file"] == "epoch-0001.ema.params"
+
+
+def test_resume_without_an_average_starts_one(train_data, tmp_path):
+    """A checkpoint written without ema_decay (an older run) resumes with the recipe's average, started
+    from the checkpoint's weights; a different decay is refused."""
+    import dataclasses
+    r = load_recipe("capsnet-mnist")
+    plain = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.0))
+    run = tmp_path / "run"
+    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=2, seed=3,
+              validation_size=100)
+    train(plain, epochs=1, **kw)
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert "ema" not in ck and set(ck["sha256"]) == {"params", "optimizer"}
+    res = train(r, epochs=2, resume=True, **kw)
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["ema"] == {"file": "epoch-0002.ema.params", "decay": 0.999, "num_update": 2, "started_epoch": 1}
+    assert set(ck["sha256"]) == {"params", "optimizer", "ema"} and "val_accuracy_raw" in res.history[1]
+    assert "val_accuracy_raw" not in res.history[0]
+    other = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.99))
+    with pytest.raises(CheckpointError, match=r"averages its weights with ema_decay 0\.999, the recipe says 0\.99; "
+                                              "resume with the run's recipe"):
+        train(other, epochs=3, resume=True, **kw)
 
 
 def test_write_error_is_a_checkpoint_error(one_epoch_run, train_data, tmp_path, monkeypatch):
@@ -317,11 +383,12 @@ def test_resume_is_bit_identical(ctx, mnist_dir, tmp_path):
     _cli_ok(args + ["--epochs", "3", "--out", str(tmp_path / "run"), "--resume"], env)
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert sorted(os.listdir(run)) == sorted(os.listdir(ref))
-    for name in ("epoch-0003.params", "epoch-0003.optimizer.params", "best.params"):
+    for name in ("epoch-0003.params", "epoch-0003.optimizer.params", "epoch-0003.ema.params", "best.params"):
         a, b = read_params(ref / name), read_params(run / name)
         assert a.keys() == b.keys() and [k for k in a if a[k].tobytes() != b[k].tobytes()] == [], name
     ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (ref, run))
-    assert ca["optimizer"] == cb["optimizer"] and ca["sha256"] == cb["sha256"]
+    assert ca["optimizer"] == cb["optimizer"] and ca["sha256"] == cb["sha256"] and ca["ema"] == cb["ema"]
+    assert ca["ema"] == {"file": "epoch-0003.ema.params", "decay": 0.999, "num_update": 6, "started_epoch": 0}
     assert ca["optimizer"]["num_update"] == 6
     timing = ("images_per_second", "epoch_seconds")
     assert [{k: v for k, v in m.items() if k not in timing} for m in ca["history"]] == \
