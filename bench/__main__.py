@@ -54,9 +54,13 @@ from bench import _flops  # noqa: E402
 
 BATCHES = (1, 32, 128)
 TRAIN_BATCH = 128
-CAPSZOO = ("capszoo-float32", "capszoo-bfloat16", "capszoo-int8")
+#: capszoo's contenders call the public API, ``model.run(batch)`` of ``capszoo.load("capsnet-mnist", ...)``:
+#: fp32 with the default engine choice (backend "auto": onnxruntime up to capszoo.ORT_MAX_BATCH images,
+#: MXNet above), fp32 on MXNet alone (backend "mxnet", for the record), bf16 and int8 (MXNet).
+CAPSZOO = ("capszoo-float32", "capszoo-float32-mxnet", "capszoo-bfloat16", "capszoo-int8")
 INFER_CONTENDERS = CAPSZOO + ("torch", "onnxruntime")
-LABEL = {"capszoo-float32": "capszoo fp32", "capszoo-bfloat16": "capszoo bf16", "capszoo-int8": "capszoo int8",
+LABEL = {"capszoo-float32": "capszoo fp32", "capszoo-float32-mxnet": "capszoo fp32 MXNet",
+         "capszoo-bfloat16": "capszoo bf16", "capszoo-int8": "capszoo int8",
          "torch": "PyTorch eager fp32", "onnxruntime": "onnxruntime fp32"}
 
 #: Every process the benchmark measures is started through this small launcher (see bench/_spawn.py).
@@ -323,7 +327,8 @@ def measure_accuracy(workers, cfg, res, labels, workdir, trained):
     n_all = min(cfg["accuracy_images"], len(labels))
     outs, acc = {}, {}
     for name, w in workers.items():
-        n = n_all if name.startswith("capszoo-") else min(n_all, cfg["compare_images"])
+        full = name.startswith("capszoo-") and name != "capszoo-float32-mxnet"   # the same net as capszoo-float32
+        n = n_all if full else min(n_all, cfg["compare_images"])
         log(f"accuracy: {name} on {n} test digits")
         path = os.path.join(workdir, f"pred-{name}.npz")
         r = w.call(op="predict", n=n, out=path, batch=500)
@@ -385,8 +390,12 @@ def _inference_table(res, inf, peak):
                 continue
             rs = [ratio(inf[cz][str(b)]["images_per_second"], inf[other][str(b)]["images_per_second"])
                   for b in BATCHES]
-            lines.append(f"  {LABEL[cz]:<14} / {LABEL[other]:<20}" + "".join(f"{'b' + str(b) + ' ':>8}{fmt(r, '.2f')}x"
+            lines.append(f"  {LABEL[cz]:<18} / {LABEL[other]:<20}" + "".join(f"{'b' + str(b) + ' ':>8}{fmt(r, '.2f')}x"
                                                                          for b, r in zip(BATCHES, rs)))
+    engines = res.get("setup", {}).get("capszoo-float32", {}).get("engines")
+    if engines:
+        lines.append("  capszoo fp32 engine per batch (backend 'auto'): "
+                     + ", ".join(f"b{b} {engines.get(str(b), '?')}" for b in BATCHES))
     return lines
 
 
@@ -503,7 +512,7 @@ def main(argv=None):
     p.add_argument("--note", default="", help="free text stored with the results (e.g. where the weights come from)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["inference", "training", "cold-start", "accuracy", "bfloat16", "int8", "onnxruntime",
-                            "torch"],
+                            "torch", "mxnet-engine"],
                    help="leave a part out (repeatable)")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
@@ -549,7 +558,7 @@ def main(argv=None):
     kinds = [k for k in INFER_CONTENDERS
              if not (k.endswith("bfloat16") and "bfloat16" in args.skip) and not (k.endswith("int8") and
                                                                                   "int8" in args.skip)
-             and k not in args.skip]
+             and not (k.endswith("-mxnet") and "mxnet-engine" in args.skip) and k not in args.skip]
     workers, res["unavailable"], res["setup"] = {}, {}, {}
     try:
         for kind in kinds + ([] if "inference" in args.skip else ["gemm"]):

@@ -23,7 +23,8 @@ import sys
 import time
 import traceback
 
-KINDS = ("capszoo-float32", "capszoo-int8", "capszoo-bfloat16", "torch", "onnxruntime", "gemm")
+KINDS = ("capszoo-float32", "capszoo-float32-mxnet", "capszoo-int8", "capszoo-bfloat16", "torch", "onnxruntime",
+         "gemm")
 
 
 def _protocol_stream():
@@ -58,25 +59,26 @@ class Contender:
 
 
 class CapszooContender(Contender):
-    def __init__(self, args, dtype):
-        self.args, self.dtype = args, dtype
+    """capszoo's public API: ``capszoo.load(...).run(batch)`` (numpy in, numpy out)."""
+
+    def __init__(self, args, dtype, backend="auto"):
+        self.args, self.dtype, self.backend = args, dtype, backend
 
     def setup(self):
         import capszoo
         t = time.perf_counter()
-        self.model = capszoo.load("capsnet-mnist", weights=self.args.weights, dtype=self.dtype)
+        self.model = capszoo.load("capsnet-mnist", weights=self.args.weights, dtype=self.dtype, backend=self.backend)
         info = {"load_seconds": time.perf_counter() - t}
         import mxnet as mx
         self.mx = mx
         info["mxnet"] = mx.__version__
         info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+        info["backend"] = self.backend
+        info["engines"] = {str(b): self.model.engine_for(b) for b in (1, 32, 128)}
         return info
 
-    def prepare(self, x):
-        return self.mx.nd.array(x, ctx=self.model.ctx[0])
-
     def infer(self, x):
-        return [o.asnumpy() for o in self.model.net(x)]
+        return self.model.run(x)
 
     # training: the step of capszoo._train._train_loop, on a separate net with the same weights
     def _train_setup(self):
@@ -200,6 +202,8 @@ class GemmContender(Contender):
 
 
 def _make(args):
+    if args.kind == "capszoo-float32-mxnet":
+        return CapszooContender(args, "float32", backend="mxnet")
     if args.kind.startswith("capszoo-"):
         return CapszooContender(args, args.kind.split("-", 1)[1])
     return {"torch": TorchContender, "onnxruntime": OrtContender, "gemm": GemmContender}[args.kind](args)

@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from . import _env  # noqa: F401  (OMP_NUM_THREADS before mxnet loads)
-from ._api import PROPERTIES, VARIANTS, CapsNetModel, get_model, load
+from ._api import BACKENDS, ORT_MAX_BATCH, PROPERTIES, VARIANTS, CapsNetModel, get_model, load
 from ._evaluate import EvalResult, evaluate
 from ._info import NetInfo, format_info, net_info
 from ._recipe import Recipe, list_recipes, load_recipe
@@ -72,6 +72,8 @@ __all__ = [
     "SUBNET_NAMES",
     "PROPERTIES",
     "VARIANTS",
+    "BACKENDS",
+    "ORT_MAX_BATCH",
     "net_info",
     "format_info",
     "NetInfo",

@@ -121,10 +121,13 @@ class OnnxRuntimeNet:
     ----------
     card : ModelCard
         A card with a ``runtime_graph``.
-    weights_path : str or os.PathLike
+    weights_path : str or os.PathLike, optional
         The ``.params`` file (normally the card's sha256-verified weights).
     num_threads : int, optional
         onnxruntime intra-op threads; default the usable cores.
+    arrays : dict of numpy arrays, optional
+        The weights by ``.params`` name, instead of a file (what
+        :class:`capszoo.CapsNetModel` passes: its net's current parameters).
 
     Raises
     ------
@@ -134,7 +137,7 @@ class OnnxRuntimeNet:
         The file is not a valid ``.params`` file, or its arrays do not fit the graph.
     """
 
-    def __init__(self, card, weights_path, *, num_threads: Optional[int] = None):
+    def __init__(self, card, weights_path=None, *, num_threads: Optional[int] = None, arrays=None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -142,10 +145,15 @@ class OnnxRuntimeNet:
                                     "or use backend 'mxnet'") from None
         from ._weights import read_params
 
+        if (weights_path is None) == (arrays is None):
+            raise InvalidInputError("pass the weights as weights_path or as arrays (one of them)")
         graph = _runtime_graph_path(card)  # a path, not bytes: external data would resolve against the cwd
-        self.card, self.weights_path = card, os.fspath(weights_path)
+        self.card = card
+        self.weights_path = os.fspath(weights_path) if weights_path is not None else "<arrays>"
+        if arrays is None:
+            arrays = read_params(weights_path)
         # The session reads the arrays in place: keep them alive as long as it lives.
-        self._arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in read_params(weights_path).items()}
+        self._arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(num_threads or usable_cores())
         opts.inter_op_num_threads = 1
