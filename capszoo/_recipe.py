@@ -66,8 +66,9 @@ class OptimizerSection:
             raise RecipeError(f"optimizer.ema_decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}")
 
     def ema_decay_at(self, step: int) -> float:
-        """Decay of the weight average at its 0-based ``step``: ``min(ema_decay, (1 + step) / (10 + step))``,
-        so that the average follows the weights closely while it is young."""
+        """Decay of the weight average after the run's 0-based optimizer ``step``:
+        ``min(ema_decay, (1 + step) / (10 + step))``, so that the average follows the weights closely
+        early in a run, while they are far from trained."""
         return min(self.ema_decay, (1.0 + step) / (10.0 + step))
 
     def learning_rate_at(self, epoch: int) -> float:

@@ -18,7 +18,8 @@ A run directory holds::
 
 Weight averaging (``optimizer.ema_decay`` > 0): after every optimizer step the
 average ``a`` of each weight ``w`` becomes ``d a + (1 - d) w`` with ``d`` =
-``min(ema_decay, (1 + t) / (10 + t))`` at the average's step ``t``.  Validation,
+``min(ema_decay, (1 + t) / (10 + t))`` at the run's step ``t`` (optimizer steps
+before this one, counted from the run's first epoch).  Validation,
 model selection (``best.params``) and the reported accuracy use the average;
 the history also records ``val_accuracy_raw``, that of the weights themselves.
 A run resumed from a checkpoint without an average (an older run) starts it
@@ -443,8 +444,10 @@ def _check_ema_entry(ema, epoch, bad):
 class _WeightAverage:
     """The exponential moving average of a net's weights, kept in a second net of the same architecture.
 
-    ``update()`` after each optimizer step: ``a = d a + (1 - d) w`` with
-    ``d = decay_at(num_update)`` (see :meth:`capszoo.Recipe.optimizer.ema_decay_at`),
+    ``update(t)`` after the run's optimizer step ``t``: ``a = d a + (1 - d) w`` with
+    ``d = decay_at(t)`` (:meth:`capszoo._recipe.OptimizerSection.ema_decay_at`: a run's
+    early weights, far from trained, are forgotten fast; an average started in a resumed,
+    trained run gets the full decay at once),
     on the first context; ``net`` then holds the average on every context (for
     validation and saving) after :meth:`sync`."""
 
@@ -463,8 +466,9 @@ class _WeightAverage:
             for arr in p.list_data():
                 arr[:] = w
 
-    def update(self):
-        d = self.decay_at(self.num_update)
+    def update(self, step):
+        """After the run's 0-based optimizer step ``step``."""
+        d = self.decay_at(step)
         for w, p in self._pairs:
             a = p.list_data()[0]
             a[:] = a * d + w * (1.0 - d)
@@ -953,7 +957,7 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
                     (cl + rl).backward()
             trainer.step(len(idx) * grad_scale)
             if ema is not None:
-                ema.update()
+                ema.update(epoch * steps + step)
             for cl, rl, probs, yb in outs:
                 sums += (cl.sum().asscalar(), rl.sum().asscalar(),
                          (probs.argmax(axis=1) == yb).sum().asscalar())

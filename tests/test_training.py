@@ -345,6 +345,25 @@ def test_resume_without_an_average_starts_one(train_data, tmp_path):
         train(other, epochs=3, resume=True, **kw)
 
 
+def test_average_started_on_resume_takes_the_runs_step(train_data, tmp_path):
+    """An average started in a resumed run decays by the run's step count, not its own: after epoch 1 (one
+    step, no average) and epoch 2 (step t=1), a = d w1 + (1 - d) w2 with d = (1+1)/(10+1)."""
+    import dataclasses
+    r = load_recipe("capsnet-mnist")
+    plain = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.0))
+    run = tmp_path / "run"
+    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=1, seed=5,
+              validation_size=100)
+    train(plain, epochs=1, **kw)
+    w1 = read_params(run / "epoch-0001.params")
+    train(r, epochs=2, resume=True, **kw)
+    w2, ema = read_params(run / "epoch-0002.params"), read_params(run / "epoch-0002.ema.params")
+    d = r.optimizer.ema_decay_at(1)
+    assert d == 2 / 11
+    assert max(float(np.abs(ema[n] - (d * w1[n] + (1 - d) * w2[n])).max()) for n in ema) < 1e-7
+    assert max(float(np.abs(w2[n] - w1[n]).max()) for n in w1) > 5e-4
+
+
 def test_write_error_is_a_checkpoint_error(one_epoch_run, train_data, tmp_path, monkeypatch):
     """An OSError of a checkpoint write (here: ENOSPC from the checkpoint.json writer) names the file."""
     import errno
