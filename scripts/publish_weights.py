@@ -71,6 +71,8 @@ def main(argv=None):
             "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
             "ctx": run.get("ctx"),
             "selection": "best validation accuracy (5,000 held-out training images); test set used once",
+            "weights": (f"exponential moving average of the weights (decay {ck['ema']['decay']}, started after "
+                        f"epoch {ck['ema']['started_epoch']})" if ck.get("ema") else "the weights themselves"),
         },
     }
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)

@@ -311,8 +311,9 @@ def test_two_workers_match_one_process_on_the_combined_batches(mnist_dir, tmp_pa
     for w in ("worker 0", "worker 1"):
         assert f"[{w}] epoch 1: loss" in stdout, stdout
     # Only rank 0 wrote the run (the final-rank files are the opt-in CAPSZOO_SAVE_ALL_RANKS).
-    assert sorted(os.listdir(out)) == ["best.params", "checkpoint.json", "epoch-0001.optimizer.params",
-                                       "epoch-0001.params", "final-rank0.params", "final-rank1.params",
+    assert sorted(os.listdir(out)) == ["best.params", "checkpoint.json", "epoch-0001.ema.params",
+                                       "epoch-0001.optimizer.params", "epoch-0001.params", "final-rank0.params",
+                                       "final-rank1.params",
                                        "metrics.jsonl", "run.json"]
     run = json.loads((out / "run.json").read_text())
     assert run["num_workers"] == 2 and run["kvstore"] == "dist_sync"
@@ -325,10 +326,12 @@ def test_two_workers_match_one_process_on_the_combined_batches(mnist_dir, tmp_pa
                    epochs=1, batch_size=2 * BATCH, seed=SEED, max_steps_per_epoch=STEPS, validation_size=VALIDATION,
                    progress=False)
     w0, w1 = read_params(out / "final-rank0.params"), read_params(out / "final-rank1.params")
-    one = read_params(tmp_path / "one" / "best.params")
+    one = read_params(tmp_path / "one" / "epoch-0001.params")
     assert _maxdiff(w0, w1) == 0.0
-    assert _maxdiff(w0, read_params(out / "best.params")) == 0.0
+    assert _maxdiff(w0, read_params(out / "epoch-0001.params")) == 0.0
     assert _maxdiff(w0, one) < 1e-6
+    # best.params: the moving average of the weights, the same in both
+    assert _maxdiff(read_params(out / "best.params"), read_params(tmp_path / "one" / "best.params")) < 1e-6
     # The epoch's training metrics are summed over the workers: those of the single process.
     (a,), (b,) = hist, single.history
     assert a["train_images"] == b["train_images"] == 2 * BATCH * STEPS
@@ -361,7 +364,8 @@ def test_dist_sync_resume_matches_an_uninterrupted_job(mnist_dir, tmp_path):
     job(run, 1)
     assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1
     job(run, 2, "--resume")
-    for name in ("final-rank0.params", "final-rank1.params", "epoch-0002.params", "epoch-0002.optimizer.params"):
+    for name in ("final-rank0.params", "final-rank1.params", "epoch-0002.params", "epoch-0002.optimizer.params",
+                 "epoch-0002.ema.params"):
         assert _maxdiff(read_params(ref / name), read_params(run / name)) <= 2e-2, name
     ca, cb = (json.loads((d / "checkpoint.json").read_text()) for d in (ref, run))
     assert ca["optimizer"] == cb["optimizer"]  # update counts, lr, Adam settings: exactly

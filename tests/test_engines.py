@@ -91,3 +91,28 @@ def test_bad_backend_and_batches(mxnet_model):
         mxnet_model.run(Fake())
     with pytest.raises(InvalidInputError, match="empty batch"):
         capszoo.load("capsnet-mnist").run(np.zeros((0, 1, 28, 28), np.float32))
+
+
+def test_classify_backend_mxnet_never_touches_onnxruntime(monkeypatch, digit_files):
+    """``capszoo classify --backend mxnet`` runs every batch on MXNet, small ones included; with --weights
+    (which keeps classify off its MXNet-free path) the default lets the model pick onnxruntime."""
+    from click.testing import CliRunner
+    from capszoo import _ort
+    from capszoo.cli import main
+    from capszoo._hub import resolve_weights
+
+    built = []
+    real = _ort.OnnxRuntimeNet
+
+    def spy(*args, **kwargs):
+        built.append(kwargs.get("arrays") is not None)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(_ort, "OnnxRuntimeNet", spy)
+    runner = CliRunner()
+    r = runner.invoke(main, ["classify", "capsnet-mnist", *digit_files[:2], "--backend", "mxnet"])
+    assert r.exit_code == 0, r.output
+    assert built == []
+    weights = str(resolve_weights(capszoo.get_card("capsnet-mnist")))
+    r2 = runner.invoke(main, ["classify", "capsnet-mnist", *digit_files[:2], "--weights", weights])
+    assert r2.exit_code == 0, r2.output
+    assert built == [True] and r2.output == r.output   # the model's engine, fed its net's arrays

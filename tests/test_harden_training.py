@@ -228,29 +228,25 @@ def _ck_edit(**changes):
     return mutate
 
 
-def _nan_params_in(name):
+def _non_finite(name, key, index, value):
+    """Set element ``index`` of array ``key`` of the .params file ``name`` to ``value`` (NaN or inf)."""
     def mutate(run):
         from capszoo._weights import read_params
         sys.path.insert(0, str(HERE))
         import test_harden_weights as hw
         arrays = read_params(run / name)
-        arrays["ReLUConv1.bias"] = arrays["ReLUConv1.bias"].copy()
-        arrays["ReLUConv1.bias"][3] = np.nan
+        arrays[key] = arrays[key].copy()
+        arrays[key][index] = value
         _replace(run / name, hw.encode(arrays))
     return mutate
 
 
+def _nan_params_in(name):
+    return _non_finite(name, "ReLUConv1.bias", 3, np.nan)
+
+
 _nan_params = _nan_params_in("epoch-0003.params")
-
-
-def _nan_moment(run):
-    from capszoo._weights import read_params
-    sys.path.insert(0, str(HERE))
-    import test_harden_weights as hw
-    arrays = read_params(run / OPT)
-    arrays["var:PrimaryCaps.bias"] = arrays["var:PrimaryCaps.bias"].copy()
-    arrays["var:PrimaryCaps.bias"][5] = np.inf
-    _replace(run / OPT, hw.encode(arrays))
+_nan_moment = _non_finite("epoch-0003.optimizer.params", "var:PrimaryCaps.bias", 5, np.inf)
 
 
 def _small_params(run):

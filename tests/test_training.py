@@ -322,16 +322,25 @@ def test_weight_average_is_what_validation_and_best_params_use(one_epoch_run, tr
     assert two["num_update"] == 2 and two["file"] == "epoch-0001.ema.params"
 
 
+def _with_ema_decay(recipe, decay):
+    import dataclasses
+    return dataclasses.replace(recipe, optimizer=dataclasses.replace(recipe.optimizer, ema_decay=decay))
+
+
+def _epoch_without_average(train_data, tmp_path, *, steps, seed):
+    """A run directory after one epoch of ``steps`` steps of the recipe without ema_decay: (recipe, run
+    directory, the train() keywords to go on with)."""
+    run = tmp_path / "run"
+    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=steps, seed=seed,
+              validation_size=100)
+    train(_with_ema_decay(load_recipe("capsnet-mnist"), 0.0), epochs=1, **kw)
+    return load_recipe("capsnet-mnist"), run, kw
+
+
 def test_resume_without_an_average_starts_one(train_data, tmp_path):
     """A checkpoint written without ema_decay (an older run) resumes with the recipe's average, started
     from the checkpoint's weights; a different decay is refused."""
-    import dataclasses
-    r = load_recipe("capsnet-mnist")
-    plain = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.0))
-    run = tmp_path / "run"
-    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=2, seed=3,
-              validation_size=100)
-    train(plain, epochs=1, **kw)
+    r, run, kw = _epoch_without_average(train_data, tmp_path, steps=2, seed=3)
     ck = json.loads((run / "checkpoint.json").read_text())
     assert "ema" not in ck and set(ck["sha256"]) == {"params", "optimizer"}
     res = train(r, epochs=2, resume=True, **kw)
@@ -339,7 +348,7 @@ def test_resume_without_an_average_starts_one(train_data, tmp_path):
     assert ck["ema"] == {"file": "epoch-0002.ema.params", "decay": 0.999, "num_update": 2, "started_epoch": 1}
     assert set(ck["sha256"]) == {"params", "optimizer", "ema"} and "val_accuracy_raw" in res.history[1]
     assert "val_accuracy_raw" not in res.history[0]
-    other = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.99))
+    other = _with_ema_decay(r, 0.99)
     with pytest.raises(CheckpointError, match=r"averages its weights with ema_decay 0\.999, the recipe says 0\.99; "
                                               "resume with the run's recipe"):
         train(other, epochs=3, resume=True, **kw)
@@ -348,13 +357,7 @@ def test_resume_without_an_average_starts_one(train_data, tmp_path):
 def test_average_started_on_resume_takes_the_runs_step(train_data, tmp_path):
     """An average started in a resumed run decays by the run's step count, not its own: after epoch 1 (one
     step, no average) and epoch 2 (step t=1), a = d w1 + (1 - d) w2 with d = (1+1)/(10+1)."""
-    import dataclasses
-    r = load_recipe("capsnet-mnist")
-    plain = dataclasses.replace(r, optimizer=dataclasses.replace(r.optimizer, ema_decay=0.0))
-    run = tmp_path / "run"
-    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=1, seed=5,
-              validation_size=100)
-    train(plain, epochs=1, **kw)
+    r, run, kw = _epoch_without_average(train_data, tmp_path, steps=1, seed=5)
     w1 = read_params(run / "epoch-0001.params")
     train(r, epochs=2, resume=True, **kw)
     w2, ema = read_params(run / "epoch-0002.params"), read_params(run / "epoch-0002.ema.params")
