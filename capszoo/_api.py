@@ -95,13 +95,20 @@ class CapsNetModel:
         self.card, self.net, self.ctx, self.weights_path, self.dtype = card, net, ctx, weights_path, dtype
         if backend not in BACKENDS:
             raise InvalidInputError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
-        blockers = onnxruntime_blockers(card, ctx=ctx, dtype=dtype, routing_iterations=routing_iterations)
-        if backend == "onnxruntime" and blockers:
+        self.backend, self._routing_iterations = backend, routing_iterations
+        self._ort_possible = None if backend != "mxnet" else False   # decided at the first small batch
+        if backend == "onnxruntime":
+            self._check_onnxruntime(raise_error=True)
+        self._ort = None   # (OnnxRuntimeNet, the weights' fingerprint when it was built)
+
+    def _check_onnxruntime(self, raise_error=False):
+        blockers = onnxruntime_blockers(self.card, ctx=self.ctx, dtype=self.dtype,
+                                        routing_iterations=self._routing_iterations)
+        if blockers and raise_error:
             raise InvalidInputError("backend='onnxruntime' cannot run " + "; ".join(blockers)
                                     + "; use backend='mxnet' (or 'auto')")
-        self.backend = backend
-        self._ort_possible = backend != "mxnet" and not blockers
-        self._ort = None   # (OnnxRuntimeNet, the weights' fingerprint when it was built)
+        self._ort_possible = not blockers
+        return self._ort_possible
 
     # -- classification -------------------------------------------------------------------
     def __call__(self, inputs, prop="Decision", *, top=5, polarity="auto", fit="auto", batch_size=128):
@@ -138,9 +145,10 @@ class CapsNetModel:
 
     def engine_for(self, batch: int) -> str:
         """The engine a whole-net call on ``batch`` images runs on: ``"onnxruntime"`` or ``"mxnet"``."""
-        if self._ort_possible and (self.backend == "onnxruntime" or batch <= ORT_MAX_BATCH):
-            return "onnxruntime"
-        return "mxnet"
+        if self.backend == "mxnet" or (self.backend == "auto" and batch > ORT_MAX_BATCH):
+            return "mxnet"
+        possible = self._ort_possible if self._ort_possible is not None else self._check_onnxruntime()
+        return "onnxruntime" if possible else "mxnet"
 
     def run(self, x, *, batch_size=128, need_reco=True):
         """The whole net on a ready batch: ``(probabilities (N,10), capsules (N,16), reconstructions
