@@ -23,8 +23,8 @@ import sys
 import time
 import traceback
 
-KINDS = ("capszoo-float32", "capszoo-float32-mxnet", "capszoo-int8", "capszoo-bfloat16", "torch", "onnxruntime",
-         "gemm")
+KINDS = ("capszoo-float32", "capszoo-float32-mxnet", "capszoo-int8", "capszoo-bfloat16", "torch", "torch-malloc",
+         "onnxruntime", "gemm")
 
 
 def _protocol_stream():
@@ -206,7 +206,7 @@ def _make(args):
         return CapszooContender(args, "float32", backend="mxnet")
     if args.kind.startswith("capszoo-"):
         return CapszooContender(args, args.kind.split("-", 1)[1])
-    return {"torch": TorchContender, "onnxruntime": OrtContender, "gemm": GemmContender}[args.kind](args)
+    return {"torch": TorchContender, "torch-malloc": TorchContender, "onnxruntime": OrtContender, "gemm": GemmContender}[args.kind](args)
 
 
 def _batch(images, n):
@@ -247,11 +247,13 @@ def serve(args):
                     cache[b] = c.prepare(_batch(images, b))
                 x = cache[b]
                 times = []
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 for _ in range(int(cmd.get("iters", 1))):
                     t = time.perf_counter()
                     c.infer(x)
                     times.append(time.perf_counter() - t)
-                reply({"ok": True, "times": times})
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                reply({"ok": True, "times": times, "page_faults": faults})
             elif op == "train":
                 b = int(cmd["batch"])
                 key = ("train", b)
