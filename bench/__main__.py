@@ -509,14 +509,15 @@ def evaluate_targets(res):
     r = ratio(cz, tr.get("torch", {}).get("images_per_second"))
     add("fp32 training batch 128 >= 1.4x PyTorch", None if r is None else r >= 1.4,
         f"{fmt(r, '.2f')}x" + tuned(ratio(cz, tr.get("torch-malloc", {}).get("images_per_second"))))
+    # the issue's reduced-precision target is "bfloat16 and/or int8": one target, met by either mode
+    modes = []
     for dt in ("bfloat16", "int8"):
         name = f"capszoo-{dt}"
         r = ratio(ips(name, 128), ips("torch", 128))
         drop = acc.get(name, {}).get("accuracy_drop_points")
         if name not in inf:
             why = res.get("unavailable", {}).get(name)
-            add(f"{dt} inference >= 2x PyTorch fp32, accuracy within 0.05 points", False if why else None,
-                f"unavailable: {why[:120]}" if why else "not measured")
+            modes.append((False if why else None, f"{dt}: unavailable ({why[:90]})" if why else f"{dt}: not measured"))
             continue
         trained = res.get("weights", {}).get("trained")
         if drop is None or not trained:
@@ -525,8 +526,11 @@ def evaluate_targets(res):
         else:
             ok = None if r is None else (r >= 2.0 and abs(drop) <= 0.05)
             acc_note = f"accuracy drop {drop:+.2f} points on {acc[name]['images']} digits"
-        add(f"{dt} inference >= 2x PyTorch fp32, accuracy within 0.05 points", ok,
-            f"{fmt(r, '.2f')}x at batch 128{tuned(ratio(ips(name, 128), ips('torch-malloc', 128)))}; {acc_note}")
+        modes.append((ok, f"{dt}: {fmt(r, '.2f')}x at batch 128{tuned(ratio(ips(name, 128), ips('torch-malloc', 128)))}"
+                          f"; {acc_note}"))
+    oks = [ok for ok, _ in modes]
+    add("bfloat16 and/or int8 inference >= 2x PyTorch fp32, accuracy within 0.05 points",
+        True if True in oks else (None if None in oks else False), "; ".join(text for _, text in modes))
     a, b = inf.get("capszoo-float32", {}).get("1", {}), inf.get("torch", {}).get("1", {})
     la, lb = a.get("median_latency_ms"), b.get("median_latency_ms")
     add("batch-1 latency no worse than PyTorch", None if la is None or lb is None else la <= lb,
