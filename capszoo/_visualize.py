@@ -1066,6 +1066,7 @@ _TRAIN = PALETTE[1]
 _BEST = PALETTE[2]
 _CLASS_LOSS = PALETTE[3]
 _RECO_LOSS = PALETTE[4]
+_VAL_RAW = PALETTE[9]
 _GRID = (235, 235, 235)
 _CURVE_SIZE = (1100, 500)
 _CURVE_PAD = 16  # px between a panel's frame and the first/last epoch, and above/below the data
@@ -1166,6 +1167,7 @@ def _parse_metrics(metrics):
     """Check the per-epoch log: a dict of equal-length lists (epoch, errors, losses) plus the best epoch."""
     rows = _metrics_rows(metrics)
     epochs, val_err, train_err, loss, class_loss, reco_loss, val_errors = [], [], [], [], [], [], []
+    val_raw_err = []
     for where, row in rows:
         if not isinstance(row, dict):
             raise InvalidInputError(f"{where}: expected a JSON object (one epoch), got {type(row).__name__}")
@@ -1182,7 +1184,7 @@ def _parse_metrics(metrics):
         if epochs and e <= epochs[-1]:
             raise InvalidInputError(f"{where}: epoch {e} comes after epoch {epochs[-1]}; "
                                     f"epochs must increase line by line")
-        for key in ("train_accuracy", "val_accuracy"):
+        for key in ("train_accuracy", "val_accuracy") + (("val_accuracy_raw",) if "val_accuracy_raw" in row else ()):
             a = _number(row, key, where)
             if not 0.0 <= a <= 1.0:
                 raise InvalidInputError(f"{where}: {key} must be a fraction in [0, 1], got {a!r}")
@@ -1200,6 +1202,8 @@ def _parse_metrics(metrics):
                     raise InvalidInputError(f"{where}: {key} must be >= 0, got {losses[key]!r}")
         epochs.append(e)
         val_err.append(100.0 - 100.0 * float(row["val_accuracy"]))
+        val_raw_err.append(max(100.0 - 100.0 * float(row["val_accuracy_raw"]), 0.0) if "val_accuracy_raw" in row
+                           else None)
         train_err.append(100.0 - 100.0 * float(row["train_accuracy"]))
         both = "train_class_loss" in losses and "train_reco_loss" in losses
         class_loss.append(losses["train_class_loss"] if both else None)
@@ -1213,6 +1217,7 @@ def _parse_metrics(metrics):
     components = all(c is not None for c in class_loss)
     best = min(range(len(epochs)), key=lambda i: (val_err[i], i))
     return dict(epoch=epochs, val_err=val_err, train_err=train_err, loss=loss,
+                val_raw_err=val_raw_err if any(v is not None for v in val_raw_err) else None,
                 class_loss=class_loss if components else None, reco_loss=reco_loss if components else None,
                 val_errors=val_errors, best=best)
 
@@ -1303,20 +1308,30 @@ def _panel(canvas, draw, lay, box, series, ticks, to_y, tick_text, y_title, epoc
     _vtext(canvas, x0 - 8 - 52 - 8 - _line_h(_TEXT) / 2, (y0 + y1) / 2, y_title, _TEXT)
     dots = len(epochs) <= 60
     for colour, values, width in series:
-        pts = [(lay.epoch_x(e, box), to_y(v)) for e, v in zip(epochs, values)]
-        pts = [(int(round(px)), int(round(py))) for px, py in pts]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=width, joint="curve")
-        if dots or len(pts) == 1:
-            for px, py in pts:
-                _dot(draw, px, py, 3, colour)
+        # a value of None (an epoch without it) breaks the line
+        runs, run = [], []
+        for e, v in zip(epochs, values):
+            if v is None:
+                runs, run = (runs + [run] if run else runs), []
+                continue
+            run.append((int(round(lay.epoch_x(e, box))), int(round(to_y(v)))))
+        runs += [run] if run else []
+        for pts in runs:
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=width, joint="curve")
+            if dots or len(pts) == 1:
+                for px, py in pts:
+                    _dot(draw, px, py, 3, colour)
 
 
 def training_curve(metrics, path=None, *, title=None):
     """Training curves of a run: error rates (left) and training loss (right) per epoch.
 
     The left panel shows the validation error, ``100 - 100 * val_accuracy``,
-    and the training error, ``100 - 100 * train_accuracy``, in percent, on a
+    and the training error, ``100 - 100 * train_accuracy``, in percent (and,
+    as a thin line over the epochs that have it, the validation error of the
+    raw weights, ``val_accuracy_raw``, logged when validation uses a moving
+    average of the weights), on a
     log axis when both are positive and span more than a factor of 3 (else a
     linear axis from 0).  The right panel shows the training loss: the total
     and, when every epoch has them, its two parts (margin/class loss and
@@ -1333,7 +1348,8 @@ def training_curve(metrics, path=None, *, title=None):
         needs ``epoch`` (integers, increasing), ``train_accuracy`` and
         ``val_accuracy`` (fractions in [0, 1]) and ``train_loss`` or both
         ``train_class_loss`` and ``train_reco_loss``; ``val_errors`` (a count)
-        is shown for the best epoch when given.  Other keys are ignored.
+        is shown for the best epoch when given; ``val_accuracy_raw`` (a
+        fraction) is optional per epoch.  Other keys are ignored.
     path : str or os.PathLike, optional
         Also write the picture here (.png, .jpg, .jpeg), atomically; the path
         is checked before anything is drawn.
@@ -1384,7 +1400,8 @@ def training_curve(metrics, path=None, *, title=None):
 
     # left: error rates
     ex0, ey0, ex1, ey1 = lay.error_box
-    errs = m["val_err"] + m["train_err"]
+    raw = m["val_raw_err"]
+    errs = m["val_err"] + m["train_err"] + [v for v in raw or () if v is not None]
     lo, hi = min(errs), max(errs)
     log = lo > 0 and hi / lo > 3
     inner = (ey1 - _CURVE_PAD, ey0 + _CURVE_PAD)
@@ -1409,8 +1426,8 @@ def training_curve(metrics, path=None, *, title=None):
           f"Error rate (%, {'log' if log else 'linear'} scale)", _TEXT, _INK)
     bx = int(round(lay.epoch_x(epochs[b], lay.error_box)))
     _dashed_vline(draw, bx, ey0 + 1, ey1 - 1, _BEST, width=2)
-    _panel(canvas, draw, lay, lay.error_box, [(_TRAIN, m["train_err"], 2), (_VAL, m["val_err"], 2)],
-           eticks, err_y, err_label, "error (%)", epochs)
+    _panel(canvas, draw, lay, lay.error_box, [(_TRAIN, m["train_err"], 2)] + ([(_VAL_RAW, raw, 1)] if raw else [])
+           + [(_VAL, m["val_err"], 2)], eticks, err_y, err_label, "error (%)", epochs)
     _ring(draw, bx, int(round(err_y(m["val_err"][b]))), 8, _BEST, width=2)
 
     # right: training loss
@@ -1430,8 +1447,9 @@ def training_curve(metrics, path=None, *, title=None):
 
     # legends under the panels
     ly = height - 14 - _line_h(_SMALL)
-    _legend_row(canvas, draw, ex0, ly, [("line", _VAL, "validation"), ("line", _TRAIN, "training"),
-                                        ("ring", _BEST, f"best validation (epoch {epochs[b]})")])
+    _legend_row(canvas, draw, ex0, ly, [("line", _VAL, "validation"), ("line", _TRAIN, "training")]
+                + ([("line", _VAL_RAW, "validation, raw weights")] if raw else [])
+                + [("ring", _BEST, f"best (epoch {epochs[b]})" if raw else f"best validation (epoch {epochs[b]})")])
     entries = [("line", _INK, "total")]
     if m["class_loss"] is not None:
         entries += [("line", _CLASS_LOSS, "margin (class)"), ("line", _RECO_LOSS, "reconstruction")]

@@ -496,6 +496,26 @@ def test_training_curve_marks_the_best_validation_epoch(best):
     assert abs(np.median(xs) - lay.epoch_x(1, lay.loss_box)) <= 1.5
 
 
+def test_training_curve_draws_the_raw_weights_validation_where_the_log_has_it():
+    """A run with a moving average logs the raw weights' validation accuracy too (val_accuracy_raw, from the
+    epoch the average started): a thin line over those epochs only, with its legend entry."""
+    raw_colour = vis.PALETTE[9]
+    rows = [_epoch(e, 0.98 + 0.002 * e, train=0.97 + 0.004 * e) for e in range(1, 6)]
+    lay = vis.training_curve_layout(1, 8)
+    plain = vis.training_curve(rows + [_epoch(e, 0.991, train=0.995) for e in (6, 7, 8)])
+    assert _colour_columns(plain, lay.error_box, raw_colour)[0].size == 0
+    legend = (0, lay.error_box[3] + 40, lay.size[0], lay.size[1])
+    assert _colour_columns(plain, legend, raw_colour)[0].size == 0
+    img = vis.training_curve(rows + [_epoch(e, 0.991, train=0.995, val_accuracy_raw=0.985) for e in (6, 7, 8)])
+    xs, ys = _colour_columns(img, lay.error_box, raw_colour)
+    assert xs.size > 20
+    assert xs.min() >= lay.epoch_x(6) - 4 and xs.max() <= lay.epoch_x(8) + 4   # epochs 6..8 only
+    assert _colour_columns(img, legend, raw_colour)[0].size > 10                 # and a legend entry
+    with pytest.raises(InvalidInputError, match=r"metrics line 2: val_accuracy_raw must be a fraction in \[0, 1\], "
+                                                r"got 1.5"):
+        vis.training_curve([_epoch(1, 0.98), _epoch(2, 0.98, val_accuracy_raw=1.5)])
+
+
 def test_training_curve_edge_cases_draw():
     lay = vis.training_curve_layout(7, 7)
     # one epoch: a point (centred), still marked as best
