@@ -96,7 +96,9 @@ class Worker:
     def __init__(self, kind, *, threads, weights, data, onnx, logdir, torch_weights=None):
         self.kind = kind
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO + os.pathsep +
-                   os.environ.get("PYTHONPATH", ""), **(TORCH_MALLOC_ENV if kind == "torch-malloc" else {}))
+                   os.environ.get("PYTHONPATH", ""))
+        if kind == "torch-malloc":
+            env.update(TORCH_MALLOC_ENV)
         self.log_path = os.path.join(logdir, f"{kind}.log")
         self._log = open(self.log_path, "w")
         cmd = [sys.executable, "-m", "bench._worker", kind, "--threads", str(threads), "--weights", weights,

@@ -206,7 +206,9 @@ def _make(args):
         return CapszooContender(args, "float32", backend="mxnet")
     if args.kind.startswith("capszoo-"):
         return CapszooContender(args, args.kind.split("-", 1)[1])
-    return {"torch": TorchContender, "torch-malloc": TorchContender, "onnxruntime": OrtContender, "gemm": GemmContender}[args.kind](args)
+    kinds = {"torch": TorchContender, "torch-malloc": TorchContender, "onnxruntime": OrtContender,
+             "gemm": GemmContender}
+    return kinds[args.kind](args)
 
 
 def _batch(images, n):
