@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import itertools
 import math
 import os
 from typing import Tuple
@@ -1309,14 +1310,10 @@ def _panel(canvas, draw, lay, box, series, ticks, to_y, tick_text, y_title, epoc
     dots = len(epochs) <= 60
     for colour, values, width in series:
         # a value of None (an epoch without it) breaks the line
-        runs, run = [], []
-        for e, v in zip(epochs, values):
-            if v is None:
-                runs, run = (runs + [run] if run else runs), []
+        for present, run in itertools.groupby(zip(epochs, values), key=lambda ev: ev[1] is not None):
+            if not present:
                 continue
-            run.append((int(round(lay.epoch_x(e, box))), int(round(to_y(v)))))
-        runs += [run] if run else []
-        for pts in runs:
+            pts = [(int(round(lay.epoch_x(e, box))), int(round(to_y(v)))) for e, v in run]
             if len(pts) > 1:
                 draw.line(pts, fill=colour, width=width, joint="curve")
             if dots or len(pts) == 1:
