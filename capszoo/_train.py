@@ -196,6 +196,25 @@ def _broadcast_params(kv, net, ctxs):
     return max(float(mx.nd.abs(b - p.data(ctxs[0])).max().asscalar()) for b, (_, p) in zip(before, params))
 
 
+def _finish_kvstore_setup(trainer, net):
+    """Run the Trainer's kvstore set-up now (rank 0's value of every parameter, pulled by all)
+    and wait until every worker holds it, before the first gradient is pushed.
+
+    Works around a race in MXNet 1.9.1's dist kvstore on CPU: the set-up pulls a key into a
+    buffer of its own, while the first gradient pushpull of that key uses the gradient array as
+    its buffer, so nothing orders the two.  The pull can reach the server after the workers'
+    gradients were summed and return that sum: the worker's weights became the summed
+    gradient (seen as one worker's Reconstruct.2.weight near 0 and workers 0.058 apart).
+    """
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    for p in net.collect_params().values():
+        for d in p.list_data():
+            d.wait_to_read()
+
+
 def _agree_with_rank0(kv, rank, state):
     """Raise DistributedError unless this worker's ``state`` (small non-negative ints) equals rank 0's."""
     mine = mx.nd.array(state, dtype="float64")
@@ -921,6 +940,7 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         if init_diff > 0:
             print(f"capszoo: worker {rank}: initial weights differed from rank 0's (max abs diff {init_diff:.3g}); "
                   "using rank 0's", file=sys.stderr)
+        _finish_kvstore_setup(trainer, net)
         if not dist_async:
             kv.init(_KEY_METRICS, mx.nd.zeros(4, dtype="float64"))
     if ck is None and rank == 0:
