@@ -200,6 +200,35 @@ class GemmContender(Contender):
             raise ValueError(lib)
         return times
 
+    def conv(self, batch, iters, backward):
+        """Times of MXNet's PrimaryCaps convolution alone (256 -> 256 channels, 9x9, stride 2, on
+        (batch, 256, 20, 20)): forward, or forward and backward (data and weight gradients)."""
+        import mxnet as mx
+        from mxnet import autograd
+        rng = self.np.random.default_rng(1)
+        x = mx.nd.array(rng.uniform(0, 1, (batch, 256, 20, 20)).astype(self.np.float32))
+        w = mx.nd.array(rng.uniform(-0.01, 0.01, (256, 256, 9, 9)).astype(self.np.float32))
+        b = mx.nd.zeros(256)
+        for a in (x, w, b):
+            a.attach_grad()
+
+        def run():
+            if not backward:
+                mx.nd.Convolution(x, w, b, kernel=(9, 9), stride=(2, 2), num_filter=256).wait_to_read()
+                return
+            with autograd.record():
+                y = mx.nd.Convolution(x, w, b, kernel=(9, 9), stride=(2, 2), num_filter=256)
+            y.backward()
+            mx.nd.waitall()
+
+        run()
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        return times
+
 
 def _make(args):
     if args.kind == "capszoo-float32-mxnet":
@@ -284,6 +313,9 @@ def serve(args):
                 reply({"ok": True, "path": path, "seconds": time.perf_counter() - t})
             elif op == "gemm":
                 reply({"ok": True, "times": c.gemm(cmd["lib"], int(cmd.get("iters", 3)))})
+            elif op == "conv":
+                reply({"ok": True, "times": c.conv(int(cmd["batch"]), int(cmd.get("iters", 2)),
+                                                   bool(cmd.get("backward")))})
             else:
                 reply({"ok": False, "error": f"unknown op {op!r}"})
         except Exception as exc:  # noqa: BLE001  (reported to the coordinator)
