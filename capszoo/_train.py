@@ -196,6 +196,15 @@ def _broadcast_params(kv, net, ctxs):
     return max(float(mx.nd.abs(b - p.data(ctxs[0])).max().asscalar()) for b, (_, p) in zip(before, params))
 
 
+def _init_trainer_kvstore(trainer):
+    """What gluon.Trainer does at its first step before any gradient: create its kvstore and
+    hand it the parameters (a no-op once done)."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+
+
 def _finish_kvstore_setup(trainer, net):
     """Run the Trainer's kvstore set-up now (rank 0's value of every parameter, pulled by all)
     and wait until every worker holds it, before the first gradient is pushed.
@@ -206,10 +215,7 @@ def _finish_kvstore_setup(trainer, net):
     gradients were summed and return that sum: the worker's weights became the summed
     gradient (seen as one worker's Reconstruct.2.weight near 0 and workers 0.058 apart).
     """
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
+    _init_trainer_kvstore(trainer)
     for p in net.collect_params().values():
         for d in p.list_data():
             d.wait_to_read()
@@ -739,10 +745,7 @@ def _read_legacy_states(path, net, names):
 def _restore_optimizer(trainer, names, moments, scalars):
     """Give the Trainer's Adam the saved moments (a copy per context) and scalars."""
     # As Trainer.load_states: the kvstore first (it decides where the optimizer runs).
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
+    _init_trainer_kvstore(trainer)
     index = {n: i for i, n in enumerate(names)}
     opt = trainer._optimizer
     for updater in _updaters(trainer):
