@@ -1,6 +1,6 @@
 """capszoo's benchmark: capszoo (float32, bfloat16, int8) against PyTorch eager and onnxruntime.
 
-    python -m bench [--quick] [--out bench/results/<date>.json] [--weights W.params] [--data-dir DIR]
+    python -m bench [--quick] [--out bench/results/<date>T<hhmm>.json] [--weights W.params] [--data-dir DIR]
 
 What it measures, on this machine, with the same thread count for everyone
 (``--threads``, default the usable cores: MXNet's OMP_NUM_THREADS,
@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -591,15 +592,34 @@ SKIPPED_BY = {"capszoo-float32": set(), "capszoo-float32-mxnet": {"mxnet-engine"
               "onnxruntime": {"onnxruntime"}}
 
 
-def default_out(quick):
-    day = datetime.date.today().isoformat()
-    return os.path.join(HERE, "results", f"{day}{'-quick' if quick else ''}.json")
+def default_out(quick, now=None):
+    """``bench/results/<date>T<hhmm>[-quick].json``: two runs on one day do not overwrite each other."""
+    stamp = (now or datetime.datetime.now()).strftime("%Y-%m-%dT%H%M")
+    return os.path.join(HERE, "results", f"{stamp}{'-quick' if quick else ''}.json")
+
+
+def write_json_atomic(path, obj):
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, default=float)
+            fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> an ordinary file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds, shorter chunks, 1,000 test digits")
-    p.add_argument("--out", help="JSON results (default bench/results/<date>[-quick].json)")
+    p.add_argument("--out", help="JSON results (default bench/results/<date>T<hhmm>[-quick].json)")
     p.add_argument("--weights", help="a capsnet-mnist .params file (default: what capszoo.load resolves, "
                                      "else seeded random weights)")
     p.add_argument("--data-dir", help="folder with the MNIST idx files (default ../shared/data/mnist)")
@@ -609,12 +629,26 @@ def main(argv=None):
                    choices=["inference", "training", "cold-start", "accuracy", "bfloat16", "int8", "onnxruntime",
                             "torch", "torch-malloc", "mxnet-engine"],
                    help="leave a part out (repeatable)")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep the temporary folder (ONNX export, worker logs, predictions; ~140 MB) and print "
+                        "where it is; by default it is removed at the end")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     threads = args.threads or len(os.sched_getaffinity(0))
     out_path = args.out or default_out(args.quick)
     t_start = time.time()
     workdir = tempfile.mkdtemp(prefix="capszoo-bench-")
+    try:
+        return run(args, cfg, threads, out_path, workdir, t_start)
+    finally:
+        if args.keep_workdir:
+            print(f"kept the work folder {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args, cfg, threads, out_path, workdir, t_start):
+    """The whole benchmark, with its temporary files in ``workdir``; writes ``out_path``."""
     res = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "mode": "quick" if args.quick else "full",
            "config": cfg, "threads": threads, "cpu": cpu_info(), "loadavg_start": os.getloadavg(),
            "flops": {"forward": _flops.forward_flops(), "training": _flops.training_flops(),
@@ -694,10 +728,7 @@ def main(argv=None):
     table = summarize(res)
     res["table"] = table
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(res, fh, indent=1, default=float)
-        fh.write("\n")
+    write_json_atomic(out_path, res)
     print(f"\nwrote {out_path} ({res['seconds']:.0f} s; load average {res['loadavg_start'][0]:.1f} at start, "
           f"{res['loadavg_end'][0]:.1f} at end)")
     return 0
