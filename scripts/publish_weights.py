@@ -8,13 +8,15 @@
    an older bundled file);
 4. writes capszoo/pretrained/capsnet-mnist.json, the manifest the model card is built
    from (file name, size, sha256, Hub location, metrics, training summary);
-5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl and draws it
-   into docs/figures/training.png.
+5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl;
+6. redraws the README pictures in docs/figures with scripts/make_figures.py (the
+   training curve from that log, the rest from the newly bundled weights).
 """
 import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import capszoo
@@ -78,12 +80,12 @@ def main(argv=None):
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)
     atomic_write_text(os.path.join(REPO, "recipes", "capsnet-mnist.metrics.jsonl"),
                       "".join(json.dumps(m) + "\n" for m in history))
-    from capszoo._visualize import training_curve
-    training_curve(os.path.join(REPO, "recipes", "capsnet-mnist.metrics.jsonl"),
-                   os.path.join(REPO, "docs", "figures", "training.png"))
     print(json.dumps(manifest, indent=2))
     print(result.format())
-    return 0
+    # the README pictures, training curve included, drawn the one way make_figures draws them; in a
+    # new process, which reads the manifest just written (this one's card still names the old file)
+    return subprocess.call([sys.executable, os.path.join(REPO, "scripts", "make_figures.py"),
+                            "--data-dir", args.data_dir])
 
 
 if __name__ == "__main__":
