@@ -182,23 +182,14 @@ class GemmContender(Contender):
         return {"n": self.N, "flops": 2 * self.N ** 3}
 
     def gemm(self, lib, iters):
-        times = []
         if lib == "numpy":
-            for _ in range(iters):
-                t = time.perf_counter()
-                self.np.dot(self.a, self.b)
-                times.append(time.perf_counter() - t)
-        elif lib == "mxnet":
+            return _times(lambda: self.np.dot(self.a, self.b), iters)
+        if lib == "mxnet":
             import mxnet as mx
             a, b = mx.nd.array(self.a), mx.nd.array(self.b)
             mx.nd.dot(a, b).wait_to_read()
-            for _ in range(iters):
-                t = time.perf_counter()
-                mx.nd.dot(a, b).wait_to_read()
-                times.append(time.perf_counter() - t)
-        else:
-            raise ValueError(lib)
-        return times
+            return _times(lambda: mx.nd.dot(a, b).wait_to_read(), iters)
+        raise ValueError(lib)
 
     def conv(self, batch, iters, backward):
         """Times of MXNet's PrimaryCaps convolution alone (256 -> 256 channels, 9x9, stride 2, on
@@ -222,12 +213,17 @@ class GemmContender(Contender):
             mx.nd.waitall()
 
         run()
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-        return times
+        return _times(run, iters)
+
+
+def _times(fn, iters):
+    """Wall times of ``iters`` calls of ``fn``."""
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def _make(args):
