@@ -48,7 +48,8 @@ def main(argv=None):
         ck = json.load(fh)
     history = ck["history"]
     best_epoch = ck["best"]["epoch"]
-    run = json.load(open(os.path.join(args.run_dir, "run.json"), encoding="utf-8"))
+    with open(os.path.join(args.run_dir, "run.json"), encoding="utf-8") as fh:
+        run = json.load(fh)
 
     for f in os.listdir(PRETRAINED):
         if f.startswith("capsnet-mnist-") and f.endswith(".params") and f != fname:
@@ -67,6 +68,7 @@ def main(argv=None):
                     "val_accuracy": ck["best"]["val_accuracy"]},
         "training": {
             "recipe": "capsnet-mnist",
+            "seed": run["recipe"]["train"]["seed"],
             "best_epoch": best_epoch,
             "epochs_run": len(history),
             "wall_time_hours": round(sum(m["epoch_seconds"] for m in history) / 3600, 2),

@@ -54,3 +54,23 @@ def test_example_digits_classified(tmp_path):
     got = {os.path.basename(e["file"]): e["class"] for e in json.loads(r.output)}
     expected = {os.path.basename(f): words[os.path.basename(f).split("-")[0]] for f in files}
     assert got == expected
+
+
+@published
+def test_card_training_summary_is_the_shipped_log():
+    """The card's training figures are those of ``recipes/capsnet-mnist.metrics.jsonl``, the run's own log."""
+    import json
+
+    log = os.path.join(os.path.dirname(__file__), "..", "recipes", "capsnet-mnist.metrics.jsonl")
+    with open(log, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    t = CARD.training
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert t["epochs_run"] == len(rows)
+    # selection on validation only: the first epoch with the best validation accuracy
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    assert t["best_epoch"] == best["epoch"]
+    assert CARD.metrics["val_accuracy"] == best["val_accuracy"]
+    assert round(sum(r["epoch_seconds"] for r in rows) / 3600, 2) == t["wall_time_hours"]
+    assert round(sum(r["images_per_second"] for r in rows) / len(rows), 1) == t["train_images_per_second"]
+    assert t["recipe"] == "capsnet-mnist" and isinstance(t["seed"], int)
