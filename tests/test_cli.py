@@ -69,12 +69,34 @@ def test_classify_bad_file_is_clean_error(runner, seeded_weights, tmp_path):
     assert r.exit_code == 1 and "missing.png" in r.output
 
 
-def test_evaluate_with_params_file(runner, seeded_weights, mnist_dir):
-    r = runner.invoke(main, ["evaluate", seeded_weights, "--data-dir", str(mnist_dir), "--json"])
+def _write_mnist_test_subset(folder, images, labels):
+    """The first ``len(images)`` test digits as the two gzipped idx files ``capszoo evaluate`` reads."""
+    import gzip
+    import struct
+
+    folder.mkdir()
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+    return folder
+
+
+def test_evaluate_with_params_file(runner, seeded_weights, seeded_model, mnist_test, tmp_path):
+    # 300 test digits: the CLI's figures are the library's, on the same weights and images (the full
+    # test set through the CLI is run once, with the published weights, in test_pretrained.py)
+    import capszoo
+
+    images, labels = mnist_test[0][:300], mnist_test[1][:300]
+    data = _write_mnist_test_subset(tmp_path / "mnist300", images, labels)
+    r = runner.invoke(main, ["evaluate", seeded_weights, "--data-dir", str(data), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert d["count"] == 10_000 and d["errors"] == 10_000 - round(d["accuracy"] * 10_000)
-    assert len(d["confusion"]) == 10 and sum(map(sum, d["confusion"])) == 10_000
+    want = capszoo.evaluate(seeded_model, images, labels)
+    assert d["count"] == 300 and d["weights"] == seeded_weights
+    assert (d["accuracy"], d["errors"]) == (want.accuracy, want.errors)
+    assert d["confusion"] == want.confusion.tolist() and sum(map(sum, d["confusion"])) == 300
+    assert d["errors"] == 300 - round(d["accuracy"] * 300)
 
 
 def test_bad_ctx_is_clean_error(runner, mnist_dir, tmp_path):
