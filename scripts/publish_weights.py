@@ -10,7 +10,8 @@
    from (file name, size, sha256, Hub location, metrics, training summary);
 5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl;
 6. redraws the README pictures in docs/figures with scripts/make_figures.py (the
-   training curve from that log, the rest from the newly bundled weights).
+   training curve from that log, the rest from the newly bundled weights);
+7. rewrites the README's table of the shipped weights with scripts/readme_weights.py.
 """
 import argparse
 import json
@@ -27,6 +28,15 @@ from capszoo.data import load_mnist
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED = os.path.join(REPO, "capszoo", "pretrained")
 HF_REPO_ID = "capszoo/capsnet-mnist"
+
+
+def _weights_summary(ema):
+    """What the shipped file holds, for the card: the raw weights or their moving average, and since when."""
+    if not ema:
+        return "the weights themselves"
+    since = ("from the first step" if ema["started_epoch"] == 0
+             else f"started after epoch {ema['started_epoch']}")
+    return f"exponential moving average of the weights (decay {ema['decay']}, {since})"
 
 
 def main(argv=None):
@@ -75,8 +85,7 @@ def main(argv=None):
             "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
             "ctx": run.get("ctx"),
             "selection": "best validation accuracy (5,000 held-out training images); test set used once",
-            "weights": (f"exponential moving average of the weights (decay {ck['ema']['decay']}, started after "
-                        f"epoch {ck['ema']['started_epoch']})" if ck.get("ema") else "the weights themselves"),
+            "weights": _weights_summary(ck.get("ema")),
         },
     }
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)
@@ -84,10 +93,12 @@ def main(argv=None):
                       "".join(json.dumps(m) + "\n" for m in history))
     print(json.dumps(manifest, indent=2))
     print(result.format())
-    # the README pictures, training curve included, drawn the one way make_figures draws them; in a
-    # new process, which reads the manifest just written (this one's card still names the old file)
-    return subprocess.call([sys.executable, os.path.join(REPO, "scripts", "make_figures.py"),
-                            "--data-dir", args.data_dir])
+    # the README pictures (training curve included, drawn the one way make_figures draws them) and
+    # the README's weights table; in new processes, which read the manifest just written (this
+    # one's card still names the old file)
+    rc = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "make_figures.py"),
+                          "--data-dir", args.data_dir])
+    return rc or subprocess.call([sys.executable, os.path.join(REPO, "scripts", "readme_weights.py")])
 
 
 if __name__ == "__main__":

@@ -80,3 +80,79 @@ def test_card_training_summary_is_the_shipped_log():
     assert round(sum(r["epoch_seconds"] for r in rows) / 3600, 2) == t["wall_time_hours"]
     assert round(sum(r["images_per_second"] for r in rows) / len(rows), 1) == t["train_images_per_second"]
     assert t["recipe"] == "capsnet-mnist" and isinstance(t["seed"], int)
+
+
+def _readme_weights():
+    """``scripts/readme_weights.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "readme_weights.py")
+    spec = importlib.util.spec_from_file_location("readme_weights", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@published
+def test_readme_weights_table_is_the_cards():
+    rw = _readme_weights()
+    with open(rw.README, encoding="utf-8") as fh:
+        text = fh.read()
+    start, stop = rw.readme_section(text)
+    table = text[start:stop]
+    assert table == rw.current(), "README.md's weights table is stale: run python scripts/readme_weights.py"
+    # the figures a reader looks for, from the card itself
+    assert f"**{100 * CARD.metrics['test_accuracy']:.2f} %** ({CARD.metrics['test_errors']} errors in 10,000)" in table
+    assert f"`capszoo/pretrained/{CARD.weights.filename}`, {CARD.weights.size_bytes:,} bytes" in table
+    assert f"(seed {CARD.training['seed']})" in table
+
+
+def test_readme_weights_table_render():
+    import dataclasses
+
+    rw = _readme_weights()
+    card = dataclasses.replace(
+        CARD,
+        weights=capszoo.WeightsSource("capsnet-mnist-0123abcd.params", "0123abcd" * 8, 32_568_129, "r", "v"),
+        metrics={"test_accuracy": 0.9968, "test_errors": 32, "val_accuracy": 0.9952},
+        training={"recipe": "capsnet-mnist", "seed": 2, "best_epoch": 3, "epochs_run": 4, "wall_time_hours": 1.26,
+                  "train_images_per_second": 50.04, "ctx": ["cpu(0)", "cpu(1)"], "weights": "the weights themselves"})
+    history = [{"epoch": e, "val_errors": v} for e, v in [(1, 40), (2, 30), (3, 24), (4, 26)]]
+    history[2]["val_accuracy_raw"] = 0.9940
+    recipe = {"train": {"epochs": 4}, "data": {"validation_size": 5000}}
+    assert rw.render(card, history, recipe).splitlines() == [
+        "| | |",
+        "| --- | --- |",
+        "| MNIST test accuracy | **99.68 %** (32 errors in 10,000), measured once, no selection on the test set |",
+        "| validation accuracy | 99.52 % (5,000 held-out training images; used to pick the epoch: 3 of 4 run; "
+        "epoch 4: 26 errors against 24) |",
+        "| weights | the weights themselves; raw weights 99.40 % on validation at epoch 3 |",
+        "| training | recipe `capsnet-mnist` (seed 2), 4 of 4 epochs, context cpu(0), cpu(1), 1.3 h wall, "
+        "50 images/s on average |",
+        "| file | `capszoo/pretrained/capsnet-mnist-0123abcd.params`, 32,568,129 bytes, sha256 `0123abcd0123...` |",
+    ]
+    # the best epoch is the last: no "later epochs" clause; an unfinished run says so
+    recipe["train"]["epochs"] = 50
+    card = dataclasses.replace(card, training={**card.training, "best_epoch": 4})
+    row = rw.render(card, history, recipe).splitlines()[3]
+    assert row == ("| validation accuracy | 99.52 % (5,000 held-out training images; used to pick the epoch: "
+                   "4 of 4 run so far) |")
+
+
+def test_readme_weights_check_mode(tmp_path, monkeypatch, capsys):
+    rw = _readme_weights()
+    with open(rw.README, encoding="utf-8") as fh:
+        text = fh.read()
+    start, stop = rw.readme_section(text)
+    stale = tmp_path / "README.md"
+    stale.write_text(text[:start] + "| old | table |\n" + text[stop:], encoding="utf-8")
+    monkeypatch.setattr(rw, "README", str(stale))
+    monkeypatch.setattr(rw, "current", lambda: text[start:stop])
+    assert rw.main(["--check"]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert "| old | table |" in stale.read_text(encoding="utf-8")  # --check writes nothing
+    assert rw.main([]) == 0
+    assert stale.read_text(encoding="utf-8") == text
+    assert rw.main(["--check"]) == 0
+    with pytest.raises(ValueError, match="lacks the markers"):
+        rw.readme_section("no markers here")
