@@ -44,3 +44,53 @@ def test_readme_info_snippet_is_the_commands_first_line():
 
         path = str(bundled_dir() / card.weights.filename)
     assert snippet == format_info(net_info(capszoo.CapsNet(), weights_path=path)).splitlines()[0]
+
+
+#: The README speed table's rows, by the bench's contender key.
+SPEED_ROWS = {
+    "capszoo fp32 (`backend=\"auto\"`: onnxruntime up to 8 images)": "capszoo-float32",
+    "capszoo fp32, MXNet only (`backend=\"mxnet\"`)": "capszoo-float32-mxnet",
+    "capszoo int8 (`dtype=\"int8\"`)": "capszoo-int8",
+    "PyTorch 2.13 eager fp32, as installed": "torch",
+    "PyTorch 2.13 eager fp32, glibc keeping freed memory": "torch-malloc",
+    "onnxruntime 1.31 fp32 (capszoo's export)": "onnxruntime",
+}
+#: Its ratio rows: (numerator, denominator).
+RATIO_ROWS = {
+    "**capszoo fp32 / PyTorch as installed**": ("capszoo-float32", "torch"),
+    "**capszoo fp32 / PyTorch, memory kept**": ("capszoo-float32", "torch-malloc"),
+    "**capszoo int8 / PyTorch as installed**": ("capszoo-int8", "torch"),
+    "**capszoo int8 / PyTorch, memory kept**": ("capszoo-int8", "torch-malloc"),
+}
+
+
+def test_readme_speed_figures_are_the_bench_results():
+    """Every figure of the README's speed table is the results file it names (no hand-copied drift)."""
+    import json
+
+    section = _section("Speed")
+    name = re.search(r"\(`(bench/results/[0-9T-]+\.json)`\) on the project machine", section).group(1)
+    with open(os.path.join(os.path.dirname(README), name), encoding="utf-8") as fh:
+        res = json.load(fh)
+    inf = res["inference"]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] in {**SPEED_ROWS, **RATIO_ROWS}:
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == set(SPEED_ROWS) | set(RATIO_ROWS)
+    batches = ("1", "32", "128")
+    for label, key in SPEED_ROWS.items():
+        assert rows[label] == [f"{inf[key][b]['images_per_second']:.1f}" for b in batches], label
+    for label, (num, den) in RATIO_ROWS.items():
+        want = [f"{inf[num][b]['images_per_second'] / inf[den][b]['images_per_second']:.2f}x" for b in batches]
+        assert [c.strip("*") for c in rows[label]] == want, label
+    tr = res["training"]
+    assert (f"Training at batch 128: capszoo {tr['capszoo-float32']['images_per_second']:.1f} images/s, "
+            f"PyTorch as installed {tr['torch']['images_per_second']:.1f} "
+            f"(**{tr['capszoo-float32']['images_per_second'] / tr['torch']['images_per_second']:.2f}x**)"
+            ) in " ".join(section.split())
+    assert (f"`capszoo classify` **{res['cold_start']['capszoo classify']['seconds']:.2f} s**"
+            in " ".join(section.split()))
+    assert f"Measured fp32 peak: {res['peak']['fp32_peak_gflops']:.0f} GFLOP/s" in section
+    assert res["weights"]["sha256"].startswith(re.search(r"the shipped weights \(`([0-9a-f]{8})`", section).group(1))
