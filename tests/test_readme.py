@@ -93,4 +93,4 @@ def test_readme_speed_figures_are_the_bench_results():
     assert (f"`capszoo classify` **{res['cold_start']['capszoo classify']['seconds']:.2f} s**"
             in " ".join(section.split()))
     assert f"Measured fp32 peak: {res['peak']['fp32_peak_gflops']:.0f} GFLOP/s" in section
-    assert res["weights"]["sha256"].startswith(re.search(r"the shipped weights \(`([0-9a-f]{8})`", section).group(1))
+    assert res["weights"]["sha256"].startswith(re.search(r"the weights shipped then \(`([0-9a-f]{8})`", section).group(1))
