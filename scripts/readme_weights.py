@@ -62,8 +62,8 @@ def render(card, history, recipe):
         ("MNIST test accuracy", f"**{_pct(m['test_accuracy'])}** ({m['test_errors']} errors in {MNIST_TEST:,}), "
                                 "measured once, no selection on the test set"),
         ("validation accuracy", f"{_pct(m['val_accuracy'])} ({recipe['data']['validation_size']:,} held-out "
-                                f"training images; used to pick the epoch, the first with the fewest errors: {t['best_epoch']} of "
-                                f"{t['epochs_run']} run{so_far}{after})"),
+                                "training images; used to pick the epoch, the first with the fewest errors: "
+                                f"{t['best_epoch']} of {t['epochs_run']} run{so_far}{after})"),
         ("weights", f"{t['weights']}{raw}"),
         ("training", f"recipe `{t['recipe']}` (seed {t['seed']}), {t['epochs_run']} of {planned} epochs, "
                      f"context {ctx}, {t['wall_time_hours']:.1f} h wall, "

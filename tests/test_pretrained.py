@@ -124,9 +124,8 @@ def test_readme_weights_table_render():
         "| | |",
         "| --- | --- |",
         "| MNIST test accuracy | **99.68 %** (32 errors in 10,000), measured once, no selection on the test set |",
-        "| validation accuracy | 99.52 % (5,000 held-out training images; used to pick the epoch, the first with the "
-        "fewest errors: 3 of 4 run; "
-        "epoch 4: 26 errors against 24) |",
+        "| validation accuracy | 99.52 % (5,000 held-out training images; used to pick the epoch, "
+        "the first with the fewest errors: 3 of 4 run; epoch 4: 26 errors against 24) |",
         "| weights | the weights themselves; raw weights 99.40 % on validation at epoch 3 |",
         "| training | recipe `capsnet-mnist` (seed 2), 4 of 4 epochs, context cpu(0), cpu(1), 1.3 h wall, "
         "50 images/s on average |",
