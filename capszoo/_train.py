@@ -35,6 +35,11 @@ shuffling, shifts, initialization) is derived from the seed and the epoch
 number, so a resumed run continues exactly as an uninterrupted one (bit for bit
 on CPU with ``OMP_NUM_THREADS=1``).
 
+A new run can also start from a weights file (``init_weights``) instead of the seeded
+initialization, and with the ``metrics.jsonl`` of the run those weights end
+(``init_log``, N epochs) continue that run at epoch N + 1: how a run whose
+directory is lost goes on from its published weights (see :func:`train`).
+
 Checkpoints of format 1 (capszoo before the ``.optimizer.params`` file) name an
 ``epoch-NNNN.states`` file instead: a pickle written by ``Trainer.save_states``.
 They still resume.  That pickle is only ever read because ``checkpoint.json`` of
@@ -430,11 +435,7 @@ def _read_checkpoint(out_dir, net):
     if not isinstance(history, list) or len(history) != epoch:
         raise bad(f"history must be a list of {epoch} epoch records (one per completed epoch), got "
                   + (f"a list of {len(history)}" if isinstance(history, list) else _short(history)))
-    for i, m in enumerate(history):
-        if (not isinstance(m, dict) or not _is_int(m.get("epoch")) or m["epoch"] != i + 1
-                or not all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in m.items())):
-            raise bad(f"history entry {i + 1} must be the metrics of epoch {i + 1} (numbers by name, "
-                      f"\"epoch\": {i + 1}), got {_short(m)}")
+    _check_history(history, bad)
     best = ck["best"]
     if not isinstance(best, dict) or set(best) != {"epoch", "val_accuracy"}:
         raise bad(f"best must be {{\"epoch\": E, \"val_accuracy\": A}}, got {_short(best)}")
@@ -448,6 +449,57 @@ def _read_checkpoint(out_dir, net):
     if not ok:
         raise bad(f"best val_accuracy {_short(b_acc)} is not that of epoch {b_epoch} in the history")
     return ck
+
+
+def _check_history(history, bad):
+    """Check a metric history: record ``i`` is a dict of numbers (or null) by name, with ``"epoch": i + 1``."""
+    for i, m in enumerate(history):
+        if (not isinstance(m, dict) or not _is_int(m.get("epoch")) or m["epoch"] != i + 1
+                or not all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in m.items())):
+            raise bad(f"history entry {i + 1} must be the metrics of epoch {i + 1} (numbers by name, "
+                      f"\"epoch\": {i + 1}), got {_short(m)}")
+
+
+def _read_init_log(path, epochs):
+    """The per-epoch metrics log (``metrics.jsonl``) of the run that ``init_weights`` ends, checked.
+
+    Returns the list of records (epochs 1 .. N, N < ``epochs``).
+
+    Raises
+    ------
+    InvalidInputError
+        An unreadable, oversized or malformed log (the message names the line), an
+        empty one, or one that already holds the recipe's ``epochs``.
+    """
+    path = os.fspath(path)
+
+    def bad(problem):
+        return InvalidInputError(f"--init-log {path}: {problem}; pass the metrics.jsonl of the run whose "
+                                 "weights --init-weights holds")
+
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_CHECKPOINT_BYTES:
+                raise bad(f"larger than {MAX_CHECKPOINT_BYTES:,} bytes")
+            text = fh.read().decode("utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read --init-log {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    history = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            history.append(json.loads(line))
+        except (ValueError, RecursionError):
+            raise bad(f"line {n} is not JSON") from None
+    if not history:
+        raise bad("no epochs in it")
+    _check_history(history, bad)
+    if len(history) >= epochs:
+        raise bad(f"it already holds {len(history)} epochs and the run has {epochs}; raise --epochs")
+    return history
 
 
 def _check_ema_entry(ema, epoch, bad):
@@ -793,7 +845,8 @@ def _load_optimizer(trainer, net, out_dir, ck):
 
 
 def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, seed=None, resume=False,
-          kvstore=None, max_steps_per_epoch=None, validation_size=None, log=None, progress=True):
+          kvstore=None, max_steps_per_epoch=None, validation_size=None, log=None, progress=True,
+          init_weights=None, init_log=None):
     """Train the recipe's net; write checkpoints and metrics to ``out_dir``.
 
     Parameters
@@ -823,6 +876,21 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         Override the recipe's held-out validation size (quick runs on subsets).
     log : callable, optional
         Called with each epoch's metrics dict.
+    init_weights : str, optional
+        A ``.params`` file of the net to start from instead of the seeded
+        initialization (checked like any weights file); the optimizer state and
+        the moving average start afresh from it.  A new run only (not with ``resume``).
+    init_log : str, optional
+        With ``init_weights``: the ``metrics.jsonl`` of the run those weights end
+        (epochs 1 .. N).  The new run continues that run: its history starts with
+        the log, its first epoch is N + 1 (learning rate, shuffling and shifts of
+        epoch N + 1), the moving average gets the full decay at once, and when
+        the log's best validation epoch is N the given weights are its
+        ``best.params`` (a later epoch replaces them only with a higher validation
+        accuracy).  This continues a run whose checkpoint is lost from its
+        published weights (the moving average's, when the recipe averages); the
+        optimizer's moments cannot be recovered, so it is not bit-identical to an
+        uninterrupted run.  ``run.json`` records both files and their sha256.
 
     Returns
     -------
@@ -838,10 +906,21 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     WeightsFormatError
         The checkpoint's weights file is missing or not valid for the net.
     InvalidInputError, DistributedError
-        Bad arguments; a distributed job that cannot run.
+        Bad arguments (``init_log`` without ``init_weights``, either with
+        ``resume``, a malformed log); a distributed job that cannot run.
     """
     recipe = recipe.replace_train(epochs=epochs, batch_size=batch_size, seed=seed)
     cfg = recipe.train
+    if init_log is not None and init_weights is None:
+        raise InvalidInputError("--init-log needs --init-weights: the weights after the log's last epoch")
+    if init_weights is not None and resume:
+        raise InvalidInputError("--init-weights starts a new run; --resume continues the one in --out: "
+                                "pass one of them")
+    init = None
+    if init_weights is not None:
+        init = {"weights": os.path.abspath(os.fspath(init_weights)),
+                "history": _read_init_log(init_log, cfg.epochs) if init_log is not None else [],
+                "log": os.path.abspath(os.fspath(init_log)) if init_log is not None else None}
     ctxs = parse_ctx(ctx)
     kvstore = check_kvstore(kvstore)
     kv_type = kvstore.type if isinstance(kvstore, mx.kvstore.KVStoreBase) else kvstore
@@ -880,6 +959,11 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         raise CheckpointError(f"{out_dir} already holds a run; pass --resume to continue it or choose "
                               "another --out")
     initialize_net(net, recipe, ctxs, cfg.seed)
+    if init is not None:
+        load_params_into(net, init["weights"], ctx=ctxs)   # WeightsFormatError: a missing or unfit file
+        init["sha256"] = sha256_file(init["weights"])
+        if init["log"] is not None:
+            init["log_sha256"] = sha256_file(init["log"])
     if dist and not isinstance(kvstore, mx.kvstore.KVStoreBase):
         # MXNet's parameter server reads PORT as the port of this node: an unrelated PORT
         # (set by many platforms) makes it fail.  capszoo launch removes it too.
@@ -891,7 +975,8 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     rank, num_workers = (kv.rank, kv.num_workers) if dist else (0, 1)
     try:
         return _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck,
-                           out_dir, tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress)
+                           out_dir, tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress,
+                           init)
     except BaseException:
         if dist:
             _no_barrier_on_exit(kv)
@@ -899,7 +984,7 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
 
 
 def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck, out_dir,
-                tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress):
+                tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress, init=None):
     if rank == 0:  # before any write: what a killed process left (only rank 0 writes the run directory)
         _remove_stale_temp_files(out_dir)
     # Each worker of a distributed job trains on its own part of each global batch.
@@ -910,7 +995,8 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         def crc(obj):  # 24 bits: exact in any float type
             return zlib.crc32(json.dumps(obj, sort_keys=True, default=str).encode()) & 0xFFFFFF
         run_id = crc({"recipe": recipe.to_dict(), "train": [len(tr_images), int(tr_labels.sum())]})
-        _agree_with_rank0(kv, rank, (int(ck["epoch"]) if ck is not None else 0, int(ck is not None),
+        _agree_with_rank0(kv, rank, (int(ck["epoch"]) if ck is not None else len(init["history"]) if init else 0,
+                                     int(ck is not None),
                                      crc(ck) if ck is not None else 0, steps, run_id))
     opt_params = {"learning_rate": recipe.optimizer.learning_rate}
     if dist_async:
@@ -938,6 +1024,16 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
                 raise CheckpointError(f"cannot read {params_path}: {exc.strerror}; {_FIX}") from None
         _load_optimizer(trainer, net, out_dir, ck)
         history, start_epoch, best = [dict(m) for m in ck["history"]], ck["epoch"], dict(ck["best"])
+    elif init is not None and init["history"]:   # continuing a run from its weights and log
+        history = [dict(m) for m in init["history"]]
+        start_epoch = len(history)
+        accs = [m.get("val_accuracy") for m in history]
+        top = max((a for a in accs if a is not None and math.isfinite(a)), default=None)
+        if top is not None and accs.index(top) == start_epoch - 1:   # the weights given are the best so far
+            best = {"epoch": start_epoch, "val_accuracy": top}
+            if rank == 0:
+                with _writing(os.path.join(out_dir, "best.params")) as path:
+                    save_params(net, path)
     if dist:
         init_diff = _broadcast_params(kv, net, ctxs)
         if init_diff > 0:
@@ -950,7 +1046,10 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
         with _writing(os.path.join(out_dir, "run.json")) as path:
             atomic_write_json(path, {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
                                      "kvstore": kv if isinstance(kv, str) else kv.type,
-                                     "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                     "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     **({"init": {"weights": init["weights"], "sha256": init["sha256"],
+                                                  "log": init["log"], "log_sha256": init.get("log_sha256"),
+                                                  "epochs": len(init["history"])}} if init else {})})
     ema = _start_weight_average(net, recipe, ctxs, out_dir, ck, start_epoch)
     train_net.hybridize(static_alloc=True)
     net.hybridize(static_alloc=True)

@@ -204,6 +204,12 @@ def evaluate_cmd(model, data_dir, as_json, ctx, batch_size, dtype):
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Run directory for checkpoints and metrics [default: runs/<recipe>].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
+              help="Start a new run from these .params weights instead of the seeded initialization.")
+@click.option("--init-log", type=click.Path(dir_okay=False), default=None,
+              help="With --init-weights: the metrics.jsonl of the run those weights end; the new run continues "
+                   "it from the epoch after its last (schedule, history, best epoch), with a fresh optimizer "
+                   "state.")
 @click.option("--kvstore", default=None,
               help="Gradient reduction: local, device (one machine; default device for GPUs, local for CPUs) or "
                    "dist_sync, dist_device_sync, dist_async (a parameter-server job started by capszoo launch).")
@@ -213,8 +219,8 @@ def evaluate_cmd(model, data_dir, as_json, ctx, batch_size, dtype):
               help="Cap steps per epoch (quick runs).")
 @click.option("--validation-size", type=click.IntRange(0, 60000), default=None, hidden=True,
               help="Override the recipe's validation split size (quick runs).")
-def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, kvstore, limit, max_steps,
-              validation_size):
+def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, init_weights, init_log, kvstore,
+              limit, max_steps, validation_size):
     """Train RECIPE (a bundled recipe name such as capsnet-mnist, or a .toml file)."""
     from ._context import parse_ctx
     from ._recipe import load_recipe
@@ -236,7 +242,7 @@ def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, 
 
     result = train(rec, data=(images, labels), ctx=ctxs, out_dir=out_dir, epochs=epochs, batch_size=batch_size,
                    seed=seed, resume=resume, kvstore=kvstore, max_steps_per_epoch=max_steps,
-                   validation_size=validation_size, log=log)
+                   validation_size=validation_size, log=log, init_weights=init_weights, init_log=init_log)
     click.echo(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f} %; "
                f"weights: {os.path.join(result.out_dir, 'best.params')}")
 

@@ -30,13 +30,16 @@ PRETRAINED = os.path.join(REPO, "capszoo", "pretrained")
 HF_REPO_ID = "capszoo/capsnet-mnist"
 
 
-def _weights_summary(ema):
-    """What the shipped file holds, for the card: the raw weights or their moving average, and since when."""
+def _weights_summary(ema, init=None):
+    """What the shipped file holds, for the card: the raw weights or their moving average, and since when;
+    for a run continued from another's weights (``run.json``'s ``init``), from which file and epoch."""
+    n = init["epochs"] if init else 0
+    cont = (f"; the run went on after epoch {n} from its epoch-{n} weights ({init['sha256'][:8]}) with a fresh "
+            "optimizer state" + (" and the average restarted from them" if ema else "")) if n else ""
     if not ema:
-        return "the weights themselves"
-    since = ("from the first step" if ema["started_epoch"] == 0
-             else f"started after epoch {ema['started_epoch']}")
-    return f"exponential moving average of the weights (decay {ema['decay']}, {since})"
+        return "the weights themselves" + cont
+    since = "from the first step" if ema["started_epoch"] in (0, n) else f"started after epoch {ema['started_epoch']}"
+    return f"exponential moving average of the weights (decay {ema['decay']}, {since}){cont}"
 
 
 def main(argv=None):
@@ -85,7 +88,7 @@ def main(argv=None):
             "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
             "ctx": run.get("ctx"),
             "selection": "best validation accuracy (5,000 held-out training images); test set used once",
-            "weights": _weights_summary(ck.get("ema")),
+            "weights": _weights_summary(ck.get("ema"), run.get("init")),
         },
     }
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)

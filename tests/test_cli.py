@@ -106,3 +106,23 @@ def test_bad_ctx_is_clean_error(runner, mnist_dir, tmp_path):
     r = runner.invoke(main, ["train", "capsnet-mnist", "--ctx", "gpu:0", "--data-dir", str(mnist_dir),
                              "--out", str(tmp_path / "run")])
     assert r.exit_code == 1 and "gpu(0) not available" in r.output
+
+
+def test_train_init_weights_and_log(runner, mnist_dir, tmp_path):
+    """capszoo train --init-weights W --init-log LOG continues a finished run at the epoch after LOG's last;
+    --init-log alone is a one-line error."""
+    quick = ["--limit", "600", "--batch-size", "16", "--max-steps", "1", "--validation-size", "100",
+             "--data-dir", str(mnist_dir)]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = runner.invoke(main, ["train", "capsnet-mnist", "--epochs", "1", "--out", str(a), *quick])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["train", "capsnet-mnist", "--epochs", "2", "--out", str(b), *quick,
+                             "--init-log", str(a / "metrics.jsonl")])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        "Error: --init-log needs --init-weights: the weights after the log's last epoch")
+    r = runner.invoke(main, ["train", "capsnet-mnist", "--epochs", "2", "--out", str(b), *quick,
+                             "--init-weights", str(a / "best.params"), "--init-log", str(a / "metrics.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "epoch 2: loss" in r.output and "epoch 1: loss" not in r.output
+    lines = (b / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == (a / "metrics.jsonl").read_text().splitlines()[0] and json.loads(lines[1])["epoch"] == 2

@@ -82,15 +82,38 @@ def test_card_training_summary_is_the_shipped_log():
     assert t["recipe"] == "capsnet-mnist" and isinstance(t["seed"], int)
 
 
-def _readme_weights():
-    """``scripts/readme_weights.py`` as a module (scripts/ is not a package)."""
+def _script(name):
+    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
     import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "readme_weights.py")
-    spec = importlib.util.spec_from_file_location("readme_weights", path)
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_publish_weights_summary():
+    """The card's description of the shipped file: raw or averaged weights, since when, and for a run continued
+    with --init-weights/--init-log, from which weights."""
+    summary = _script("publish_weights")._weights_summary
+    assert summary(None) == "the weights themselves"
+    assert summary({"decay": 0.999, "started_epoch": 0}) == (
+        "exponential moving average of the weights (decay 0.999, from the first step)")
+    assert summary({"decay": 0.999, "started_epoch": 3}) == (
+        "exponential moving average of the weights (decay 0.999, started after epoch 3)")
+    init = {"epochs": 12, "sha256": "86a1f49a" + "0" * 56}
+    assert summary({"decay": 0.999, "started_epoch": 12}, init) == (
+        "exponential moving average of the weights (decay 0.999, from the first step); the run went on after "
+        "epoch 12 from its epoch-12 weights (86a1f49a) with a fresh optimizer state and the average restarted "
+        "from them")
+    assert summary(None, init) == ("the weights themselves; the run went on after epoch 12 from its epoch-12 "
+                                   "weights (86a1f49a) with a fresh optimizer state")
+    assert summary({"decay": 0.999, "started_epoch": 0}, {"epochs": 0, "sha256": init["sha256"]}) == (
+        "exponential moving average of the weights (decay 0.999, from the first step)")
+
+
+def _readme_weights():
+    return _script("readme_weights")
 
 
 @published

@@ -367,6 +367,114 @@ def test_average_started_on_resume_takes_the_runs_step(train_data, tmp_path):
     assert max(float(np.abs(w2[n] - w1[n]).max()) for n in w1) > 5e-4
 
 
+def test_init_weights_and_log_continue_a_run(one_epoch_run, train_data, tmp_path):
+    """--init-weights + --init-log: a new run that continues a finished one from its weights and log -- the
+    history starts with the log, the next epoch has the schedule of epoch N + 1, the first step starts from
+    the given weights (the average a = d w_init + (1 - d) w after it, d at the run's step N * steps), the
+    weights are best.params until an epoch beats the log's best, and run.json names both files."""
+    from capszoo._weights import sha256_file
+    r = load_recipe("capsnet-mnist")
+    log, init = one_epoch_run / "metrics.jsonl", one_epoch_run / "best.params"
+    run = tmp_path / "run"
+    kw = dict(data=train_data, out_dir=run, batch_size=16, progress=False, max_steps_per_epoch=1, seed=3,
+              validation_size=100)
+    res = train(r, epochs=2, init_weights=init, init_log=log, **kw)
+    old = json.loads(log.read_text().splitlines()[0])
+    assert [m["epoch"] for m in res.history] == [1, 2] and res.history[0] == old
+    assert res.history[1]["lr"] == pytest.approx(1e-3 * 0.9)
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["ema"] == {"file": "epoch-0002.ema.params", "decay": 0.999, "num_update": 1, "started_epoch": 1}
+    w_init, w2 = read_params(init), read_params(run / "epoch-0002.params")
+    ema = read_params(run / "epoch-0002.ema.params")
+    d = r.optimizer.ema_decay_at(1)   # the run's step 1 (epoch 1 had one step): one step from w_init to w2
+    assert d == 2 / 11
+    assert max(float(np.abs(ema[n] - (d * w_init[n] + (1 - d) * w2[n])).max()) for n in ema) < 1e-7
+    assert 0 < max(float(np.abs(w2[n] - w_init[n]).max()) for n in w_init) < 5e-3   # one Adam step (lr 9e-4)
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["init"] == {"weights": str(init), "sha256": sha256_file(init), "log": str(log),
+                                "log_sha256": sha256_file(log), "epochs": 1}
+    best = read_params(run / "best.params")
+    if ck["best"]["epoch"] == 1:   # epoch 2 did not beat the log's best: the given weights stay best
+        assert ck["best"]["val_accuracy"] == old["val_accuracy"]
+        assert all(best[n].tobytes() == w_init[n].tobytes() for n in w_init)
+    else:
+        assert ck["best"] == {"epoch": 2, "val_accuracy": res.history[1]["val_accuracy"]}
+        assert res.history[1]["val_accuracy"] > old["val_accuracy"]
+        assert all(best[n].tobytes() == ema[n].tobytes() for n in ema)
+    res3 = train(r, epochs=3, resume=True, **kw)   # the continued run is an ordinary run: it resumes
+    assert [m["epoch"] for m in res3.history] == [1, 2, 3] and res3.history[:2] == res.history
+
+
+def test_init_weights_without_log_starts_at_epoch_1(one_epoch_run, train_data, tmp_path):
+    """--init-weights alone: fine-tuning from the file, a run of its own from epoch 1; no best.params before
+    the first validation."""
+    r = load_recipe("capsnet-mnist")
+    res = train(r, data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16, progress=False,
+                max_steps_per_epoch=1, seed=3, validation_size=100, init_weights=one_epoch_run / "best.params")
+    assert [m["epoch"] for m in res.history] == [1] and res.history[0]["lr"] == 1e-3
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["init"]["epochs"] == 0 and run_json["init"]["log"] is None
+    w = read_params(one_epoch_run / "best.params")
+    raw = read_params(tmp_path / "run" / "epoch-0001.params")
+    assert 0 < max(float(np.abs(raw[n] - w[n]).max()) for n in w) < 5e-3   # one Adam step from the file
+
+
+def test_init_log_best_elsewhere_restarts_selection(one_epoch_run, train_data, tmp_path):
+    """When the log's best epoch is not its last (the weights given), selection starts afresh."""
+    rec = json.loads((one_epoch_run / "metrics.jsonl").read_text().splitlines()[0])
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(dict(rec, val_accuracy=0.99)) + "\n" + json.dumps(dict(rec, epoch=2, val_accuracy=0.5))
+                   + "\n")
+    res = train(load_recipe("capsnet-mnist"), data=train_data, out_dir=tmp_path / "run", epochs=3, batch_size=16,
+                progress=False, max_steps_per_epoch=1, seed=3, validation_size=100,
+                init_weights=one_epoch_run / "best.params", init_log=log)
+    assert [m["epoch"] for m in res.history] == [1, 2, 3]
+    assert res.best_epoch == 3 and res.best_val_accuracy == res.history[2]["val_accuracy"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (None, r"--init-log needs --init-weights: the weights after the log's last epoch"),
+    ("resume", r"--init-weights starts a new run; --resume continues the one in --out: pass one of them"),
+    ("", r"--init-log \S+log\.jsonl: no epochs in it; pass the metrics\.jsonl of the run whose weights "
+         r"--init-weights holds"),
+    ('{"epoch": 1}\nnot json\n', r"--init-log \S+: line 2 is not JSON; pass the metrics"),
+    ('{"epoch": 2}\n', r"--init-log \S+: history entry 1 must be the metrics of epoch 1 \(numbers by name, "
+                       r"\"epoch\": 1\), got \{'epoch': 2\}"),
+    ('{"epoch": 1, "note": "x"}\n', r"history entry 1 must be the metrics of epoch 1"),
+    ('{"epoch": 1}\n{"epoch": 2}\n', r"--init-log \S+: it already holds 2 epochs and the run has 2; raise "
+                                     r"--epochs"),
+    ("\xff\n", r"--init-log \S+: not UTF-8 text"),
+    ("missing", r"cannot read --init-log \S+missing\.jsonl: No such file or directory"),
+])
+def test_init_errors(one_epoch_run, train_data, tmp_path, lines, message):
+    from capszoo.errors import InvalidInputError
+    kw = dict(data=train_data, out_dir=tmp_path / "run", epochs=2, batch_size=16, progress=False,
+              max_steps_per_epoch=1, seed=3, validation_size=100)
+    log = tmp_path / "log.jsonl"
+    if lines is None:
+        kw["init_log"] = one_epoch_run / "metrics.jsonl"
+    elif lines == "resume":
+        kw.update(init_weights=one_epoch_run / "best.params", resume=True)
+    elif lines == "missing":
+        kw.update(init_weights=one_epoch_run / "best.params", init_log=tmp_path / "missing.jsonl")
+    else:
+        log.write_bytes(lines.encode("latin-1"))
+        kw.update(init_weights=one_epoch_run / "best.params", init_log=log)
+    with pytest.raises(InvalidInputError, match=message):
+        train(load_recipe("capsnet-mnist"), **kw)
+    assert not (tmp_path / "run").exists()   # refused before anything is written
+
+
+def test_init_weights_of_another_net_is_refused(train_data, tmp_path):
+    from capszoo.errors import WeightsFormatError
+    bad = tmp_path / "w.params"
+    mx.nd.save(str(bad), {"dense0_weight": mx.nd.zeros((2, 2))})
+    with pytest.raises(WeightsFormatError):
+        train(load_recipe("capsnet-mnist"), data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16,
+              progress=False, max_steps_per_epoch=1, seed=3, validation_size=100, init_weights=bad)
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
 def test_write_error_is_a_checkpoint_error(one_epoch_run, train_data, tmp_path, monkeypatch):
     """An OSError of a checkpoint write (here: ENOSPC from the checkpoint.json writer) names the file."""
     import errno
