@@ -52,6 +52,7 @@ def test_readme_info_snippet_is_the_commands_first_line():
 SPEED_ROWS = {
     "capszoo fp32 (`backend=\"auto\"`: onnxruntime up to 8 images)": "capszoo-float32",
     "capszoo fp32, MXNet only (`backend=\"mxnet\"`)": "capszoo-float32-mxnet",
+    "capszoo bf16 (`dtype=\"bfloat16\"`)": "capszoo-bfloat16",
     "capszoo int8 (`dtype=\"int8\"`)": "capszoo-int8",
     "PyTorch 2.13 eager fp32, as installed": "torch",
     "PyTorch 2.13 eager fp32, glibc keeping freed memory": "torch-malloc",
@@ -61,6 +62,8 @@ SPEED_ROWS = {
 RATIO_ROWS = {
     "**capszoo fp32 / PyTorch as installed**": ("capszoo-float32", "torch"),
     "**capszoo fp32 / PyTorch, memory kept**": ("capszoo-float32", "torch-malloc"),
+    "**capszoo bf16 / PyTorch as installed**": ("capszoo-bfloat16", "torch"),
+    "**capszoo bf16 / PyTorch, memory kept**": ("capszoo-bfloat16", "torch-malloc"),
     "**capszoo int8 / PyTorch as installed**": ("capszoo-int8", "torch"),
     "**capszoo int8 / PyTorch, memory kept**": ("capszoo-int8", "torch-malloc"),
 }
