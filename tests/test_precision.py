@@ -216,3 +216,28 @@ def test_int8_with_published_weights(mnist_test):
     worst = np.abs(p8 - p32).max(axis=1)   # per digit
     assert np.percentile(worst, 99) <= INT8_PROB_ATOL
     assert worst.max() <= INT8_PROB_MAX
+
+
+#: bfloat16 with published weights, measured over all 10,000 test digits (86a1f49a weights, AVX-512 bf16
+#: machine): accuracy 99.49 % vs 99.50 % fp32, 99.99 % of decisions agree, largest probability difference
+#: 0.0033.  Bounds with room for other weights.
+BF16_PROB_MAX = 0.02
+BF16_AGREEMENT = 0.995
+
+
+@pytest.mark.skipif(not _precision.supports_bfloat16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_with_published_weights(mnist_test):
+    try:
+        fp32 = capszoo.load("capsnet-mnist")
+    except capszoo.CapszooError as exc:
+        pytest.skip(f"no published weights: {exc}")
+    images, labels = mnist_test[0][:500], mnist_test[1][:500]
+    bf16 = capszoo.load("capsnet-mnist", dtype="bfloat16")
+    p32, p16 = fp32.predict(images), bf16.predict(images)
+    assert p16.dtype == np.float32 and p16.shape == (500, 10)
+    assert (p16.argmax(1) == p32.argmax(1)).mean() >= BF16_AGREEMENT
+    assert np.abs(p16 - p32).max() <= BF16_PROB_MAX
+    assert abs((p16.argmax(1) == labels).mean() - (p32.argmax(1) == labels).mean()) <= 0.004   # <= 2 digits
+    # the sub-nets are the float32 net's (only the whole-net call is reduced): ports give fp32's values exactly
+    np.testing.assert_array_equal(bf16.port(images[:8], "Pick"), fp32.port(images[:8], "Pick"))
+    assert np.abs(bf16.features(images[:8]) - fp32.features(images[:8])).max() > 0   # the whole net is bf16
