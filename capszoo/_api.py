@@ -31,7 +31,9 @@ DTYPES = ("float32", "bfloat16", "int8")
 BACKENDS = ("auto", "mxnet", "onnxruntime")
 #: Largest batch ``backend="auto"`` runs on onnxruntime.  Measured on the 2-core AVX2 machine of
 #: bench/ (images/s, MXNet vs onnxruntime): batch 1 70 vs 148, 2 84 vs 140, 4 117 vs 180,
-#: 8 162 vs 194, 16 220 vs 210; from batch 32 on MXNet is well ahead (220 vs 145 at 32).
+#: 8 162 vs 194, 16 220 vs 210; from batch 32 on MXNet is well ahead (220 vs 145 at 32).  On the
+#: AVX-512 machine (2026-11-22, predict() of published weights): 1 108 vs 173, 2 160 vs 232,
+#: 4 211 vs 276, 8 257 vs 289, 16 271 vs 258, 32 289 vs 218: the same crossover.
 ORT_MAX_BATCH = 8
 
 
