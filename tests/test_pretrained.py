@@ -112,13 +112,9 @@ def test_publish_weights_summary():
         "exponential moving average of the weights (decay 0.999, from the first step)")
 
 
-def _readme_weights():
-    return _script("readme_weights")
-
-
 @published
 def test_readme_weights_table_is_the_cards():
-    rw = _readme_weights()
+    rw = _script("readme_weights")
     with open(rw.README, encoding="utf-8") as fh:
         text = fh.read()
     start, stop = rw.readme_section(text)
@@ -133,7 +129,7 @@ def test_readme_weights_table_is_the_cards():
 def test_readme_weights_table_render():
     import dataclasses
 
-    rw = _readme_weights()
+    rw = _script("readme_weights")
     card = dataclasses.replace(
         CARD,
         weights=capszoo.WeightsSource("capsnet-mnist-0123abcd.params", "0123abcd" * 8, 32_568_129, "r", "v"),
@@ -163,7 +159,7 @@ def test_readme_weights_table_render():
 
 
 def test_readme_weights_check_mode(tmp_path, monkeypatch, capsys):
-    rw = _readme_weights()
+    rw = _script("readme_weights")
     with open(rw.README, encoding="utf-8") as fh:
         text = fh.read()
     start, stop = rw.readme_section(text)
