@@ -941,6 +941,15 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     if cfg.batch_size < len(ctxs):
         raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {len(ctxs)} contexts")
 
+    net = CapsNet(routing_iterations=recipe.net.routing_iterations)
+    train_net = CapsNetTrainingNet.from_recipe(recipe, net)
+    initialize_net(net, recipe, ctxs, cfg.seed)
+    if init is not None:  # checked before --out is created: a refused file leaves nothing behind
+        load_params_into(net, init["weights"], ctx=ctxs)   # WeightsFormatError: a missing or unfit file
+        init["sha256"] = sha256_file(init["weights"])
+        if init["log"] is not None:
+            init["log_sha256"] = sha256_file(init["log"])
+
     out_dir = os.fspath(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -952,18 +961,10 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         raise CheckpointError(f"cannot write to run directory {out_dir}: {exc.strerror}; choose "
                               "another --out") from None
 
-    net = CapsNet(routing_iterations=recipe.net.routing_iterations)
-    train_net = CapsNetTrainingNet.from_recipe(recipe, net)
     ck = _read_checkpoint(out_dir, net) if resume else None
     if not resume and os.path.exists(os.path.join(out_dir, CHECKPOINT)):
         raise CheckpointError(f"{out_dir} already holds a run; pass --resume to continue it or choose "
                               "another --out")
-    initialize_net(net, recipe, ctxs, cfg.seed)
-    if init is not None:
-        load_params_into(net, init["weights"], ctx=ctxs)   # WeightsFormatError: a missing or unfit file
-        init["sha256"] = sha256_file(init["weights"])
-        if init["log"] is not None:
-            init["log_sha256"] = sha256_file(init["log"])
     if dist and not isinstance(kvstore, mx.kvstore.KVStoreBase):
         # MXNet's parameter server reads PORT as the port of this node: an unrelated PORT
         # (set by many platforms) makes it fail.  capszoo launch removes it too.
