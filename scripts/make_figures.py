@@ -10,8 +10,9 @@ Writes, deterministically (same weights, data and seed -> same bytes):
     tweaks.png           the 16 x 11 pose-tweak grid of the first test digit
     features.png         PCA of the 16-D capsules of --samples test digits (seeded choice)
     summary.png          the summary graphic (sub-nets, shapes, parameter counts)
-    training.png         error rates and training loss per epoch, from --metrics
-                         (default recipes/capsnet-mnist.metrics.jsonl, the published run's log)
+    training.png         error rates and training loss per epoch, from --metrics (default: the
+                         published weights' logs, recipes/<recipe>.metrics.jsonl, with the
+                         run they fine-tune before them; see readme_weights.full_history)
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(REPO / "docs" / "figures"), help="Output folder (default: docs/figures).")
     ap.add_argument("--samples", type=int, default=500, help="Test digits in the feature-space plot (default 500).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the sample choice and drawing order (default 0).")
-    ap.add_argument("--metrics", default=str(REPO / "recipes" / "capsnet-mnist.metrics.jsonl"),
-                    help="Per-epoch training log (JSONL) for training.png "
-                         "(default: recipes/capsnet-mnist.metrics.jsonl).")
+    ap.add_argument("--metrics", default=None,
+                    help="Per-epoch training log (JSONL) for training.png (default: the published weights' "
+                         "logs in recipes/).")
     ap.add_argument("--note", default=None,
                     help="Small print under each picture, e.g. to mark placeholder pictures from untrained weights.")
     args = ap.parse_args(argv)
@@ -51,7 +52,8 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         out = pathlib.Path(args.out)
         # the training curve needs no model or data: drawn first, from the per-epoch log
-        img = vis.training_curve(args.metrics, out / "training.png", title="capsnet-mnist: training curve")
+        metrics = args.metrics or _script("readme_weights").full_history(capszoo.get_card("capsnet-mnist"))
+        img = vis.training_curve(metrics, out / "training.png", title="capsnet-mnist: training curve")
         print(f"wrote {out / 'training.png'}  ({img.width} x {img.height})")
         images, labels = load_mnist("test", data_dir=args.data_dir)
         if args.samples > len(images):
@@ -76,6 +78,16 @@ def main(argv=None):
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _script(name):
+    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _sample(images, labels, n, seed):

@@ -2,13 +2,17 @@
 
     python scripts/publish_weights.py RUN_DIR --data-dir ../shared/data/mnist
 
-1. validates RUN_DIR/best.params against the architecture;
+1. validates RUN_DIR/best.params against the architecture, and the run: a run of a shipped
+   recipe, and for a fine-tuning of the published weights, better than them on validation;
 2. measures the test accuracy once, on the 10,000 MNIST test images;
 3. copies the file to capszoo/pretrained/capsnet-mnist-<sha256[:8]>.params (and removes
    an older bundled file);
 4. writes capszoo/pretrained/capsnet-mnist.json, the manifest the model card is built
-   from (file name, size, sha256, Hub location, metrics, training summary);
-5. copies the run's per-epoch log to recipes/capsnet-mnist.metrics.jsonl;
+   from (file name, size, sha256, Hub location, metrics, training summary); a run that
+   fine-tunes the published weights (``capszoo train RECIPE --init-weights <them>``, a
+   second stage such as ``capsnet-mnist-finetune``) records them and their training
+   summary as its ``init``;
+5. copies the run's per-epoch log to recipes/<the run's recipe>.metrics.jsonl;
 6. redraws the README pictures in docs/figures with scripts/make_figures.py (the
    training curve from that log, the rest from the newly bundled weights);
 7. rewrites the README's table of the shipped weights with scripts/readme_weights.py.
@@ -30,16 +34,40 @@ PRETRAINED = os.path.join(REPO, "capszoo", "pretrained")
 HF_REPO_ID = "capszoo/capsnet-mnist"
 
 
-def _weights_summary(ema, init=None):
+def _weights_summary(ema, init=None, finetuned=None):
     """What the shipped file holds, for the card: the raw weights or their moving average, and since when;
-    for a run continued from another's weights (``run.json``'s ``init``), from which file and epoch."""
+    for a run continued from another's weights (``run.json``'s ``init``), from which file and epoch; for a
+    run fine-tuning published weights (``finetuned``, the ``init`` entry :func:`_finetuned_from` makes),
+    from which."""
     n = init["epochs"] if init else 0
     cont = (f"; the run went on after epoch {n} from its epoch-{n} weights ({init['sha256'][:8]}) with a fresh "
             "optimizer state" + (" and the average restarted from them" if ema else "")) if n else ""
+    if finetuned:
+        cont += (f"; fine-tuned from the published weights {finetuned['sha256'][:8]} (recipe "
+                 f"`{finetuned['recipe']}`, seed {finetuned['seed']}, epoch {finetuned['best_epoch']}) with a "
+                 "fresh optimizer state")
     if not ema:
         return "the weights themselves" + cont
     since = "from the first step" if ema["started_epoch"] in (0, n) else f"started after epoch {ema['started_epoch']}"
     return f"exponential moving average of the weights (decay {ema['decay']}, {since}){cont}"
+
+
+def _finetuned_from(init, card):
+    """For a run started from a weights file without a log (``run.json``'s ``init``): the published weights
+    it fine-tunes (``card``'s, which it must be: a file of unknown origin cannot be described), as the
+    manifest's ``training.init`` entry (their recipe, seed, epochs, selection and figures). None for a
+    run from the seeded initialization or one continuing a run (with its log)."""
+    if not init or init.get("log") or init.get("epochs"):
+        return None
+    if card.weights is None or init["sha256"] != card.weights.sha256:
+        raise SystemExit(f"the run starts from {init['weights']} (sha256 {init['sha256'][:12]}...), which are not "
+                         "the published weights: publish runs from the seeded initialization, or fine-tuning "
+                         "the published file")
+    t = card.training
+    return {"sha256": card.weights.sha256, "filename": card.weights.filename,
+            **{k: t[k] for k in ("recipe", "seed", "best_epoch", "epochs_run", "wall_time_hours",
+                                 "train_images_per_second", "ctx", "weights") if k in t},
+            "val_accuracy": card.metrics["val_accuracy"]}
 
 
 def main(argv=None):
@@ -52,17 +80,30 @@ def main(argv=None):
     src = os.path.join(args.run_dir, "best.params")
     net = capszoo.CapsNet()
     load_params_into(net, src)  # validates names, shapes, dtypes, finiteness
-    net.hybridize(static_alloc=True)
-    images, labels = load_mnist("test", data_dir=args.data_dir)
-    result = capszoo.evaluate(net, images, labels)
-    sha = sha256_file(src)
-    fname = f"capsnet-mnist-{sha[:8]}.params"
     with open(os.path.join(args.run_dir, "checkpoint.json"), encoding="utf-8") as fh:
         ck = json.load(fh)
     history = ck["history"]
     best_epoch = ck["best"]["epoch"]
     with open(os.path.join(args.run_dir, "run.json"), encoding="utf-8") as fh:
         run = json.load(fh)
+    recipe = run["recipe"]["name"]
+    shipped = capszoo.load_recipe(recipe).to_dict()   # a RecipeError when capszoo does not ship it
+    changed = sorted(k for k in shipped if k != "train" and shipped[k] != run["recipe"][k])
+    if changed:
+        raise SystemExit(f"the run's recipe differs from the shipped {recipe} in: {', '.join(changed)}; "
+                         "publish only runs of a shipped recipe (--epochs, --batch-size, --seed aside)")
+    finetuned = _finetuned_from(run.get("init"), capszoo.get_card("capsnet-mnist"))
+    if finetuned and not ck["best"]["val_accuracy"] > finetuned["val_accuracy"]:
+        # the rule that publishes weights: better on validation than those they replace
+        raise SystemExit(f"the run's best validation accuracy, {ck['best']['val_accuracy']}, does not beat that of "
+                         f"the published weights it fine-tunes, {finetuned['val_accuracy']}: nothing to publish "
+                         "(the test set is not measured)")
+    # the test set, once, after every check
+    net.hybridize(static_alloc=True)
+    images, labels = load_mnist("test", data_dir=args.data_dir)
+    result = capszoo.evaluate(net, images, labels)
+    sha = sha256_file(src)
+    fname = f"capsnet-mnist-{sha[:8]}.params"
 
     for f in os.listdir(PRETRAINED):
         if f.startswith("capsnet-mnist-") and f.endswith(".params") and f != fname:
@@ -80,7 +121,7 @@ def main(argv=None):
         "metrics": {"test_accuracy": result.accuracy, "test_errors": result.errors,
                     "val_accuracy": ck["best"]["val_accuracy"]},
         "training": {
-            "recipe": "capsnet-mnist",
+            "recipe": recipe,
             "seed": run["recipe"]["train"]["seed"],
             "best_epoch": best_epoch,
             "epochs_run": len(history),
@@ -88,11 +129,12 @@ def main(argv=None):
             "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
             "ctx": run.get("ctx"),
             "selection": "best validation accuracy (5,000 held-out training images); test set used once",
-            "weights": _weights_summary(ck.get("ema"), run.get("init")),
+            "weights": _weights_summary(ck.get("ema"), run.get("init"), finetuned),
+            **({"init": finetuned} if finetuned else {}),
         },
     }
     atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)
-    atomic_write_text(os.path.join(REPO, "recipes", "capsnet-mnist.metrics.jsonl"),
+    atomic_write_text(os.path.join(REPO, "recipes", f"{recipe}.metrics.jsonl"),
                       "".join(json.dumps(m) + "\n" for m in history))
     print(json.dumps(manifest, indent=2))
     print(result.format())

@@ -5,8 +5,9 @@
 
 The table sits between the two ``capszoo:weights`` markers in README.md. Every figure in
 it comes from ``capszoo.get_card("capsnet-mnist")`` (the manifest that
-``scripts/publish_weights.py`` writes) and from ``recipes/capsnet-mnist.metrics.jsonl``
-(the run's per-epoch log), so the README cannot drift from the weights it describes;
+``scripts/publish_weights.py`` writes) and from ``recipes/<recipe>.metrics.jsonl`` (the
+per-epoch log of the run of the card's recipe, and of the run it fine-tuned, if any), so
+the README cannot drift from the weights it describes;
 ``tests/test_pretrained.py`` checks that it has not.
 """
 import argparse
@@ -58,20 +59,45 @@ def render(card, history, recipe):
     raw = (f"; raw weights {_pct(best['val_accuracy_raw'])} on validation at epoch {best['epoch']}"
            if "val_accuracy_raw" in best else "")
     ctx = ", ".join(t["ctx"]) if t.get("ctx") else "unrecorded"
+    init = t.get("init")
+    before = f"; {_pct(init['val_accuracy'])} before fine-tuning" if init else ""
+    stage1 = (f"; fine-tuned from recipe `{init['recipe']}` (seed {init['seed']}): its epoch {init['best_epoch']} "
+              f"of {init['epochs_run']} run, {init['wall_time_hours']:.1f} h wall, "
+              f"{init['train_images_per_second']:.0f} images/s on average") if init else ""
     rows = [
         ("MNIST test accuracy", f"**{_pct(m['test_accuracy'])}** ({m['test_errors']} errors in {MNIST_TEST:,}), "
                                 "measured once, no selection on the test set"),
         ("validation accuracy", f"{_pct(m['val_accuracy'])} ({recipe['data']['validation_size']:,} held-out "
                                 "training images; used to pick the epoch, the first with the fewest errors: "
-                                f"{t['best_epoch']} of {t['epochs_run']} run{so_far}{after})"),
+                                f"{t['best_epoch']} of {t['epochs_run']} run{so_far}{after}{before})"),
         ("weights", f"{t['weights']}{raw}"),
         ("training", f"recipe `{t['recipe']}` (seed {t['seed']}), {t['epochs_run']} of {planned} epochs, "
                      f"context {ctx}, {t['wall_time_hours']:.1f} h wall, "
-                     f"{t['train_images_per_second']:.0f} images/s on average"),
+                     f"{t['train_images_per_second']:.0f} images/s on average{stage1}"),
         ("file", f"`capszoo/pretrained/{w.filename}`, {w.size_bytes:,} bytes, sha256 `{w.sha256[:12]}...`"),
     ]
     lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_log(recipe):
+    """The per-epoch log shipped for ``recipe``: ``recipes/<recipe>.metrics.jsonl``, one dict per epoch."""
+    with open(os.path.join(REPO, "recipes", f"{recipe}.metrics.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def full_history(card):
+    """Every epoch behind ``card``'s weights, numbered on: the log of the run they fine-tune (the card's
+    ``training.init``, up to its epoch ``best_epoch``, the weights the fine-tuning started from), then the
+    log of the card's own run with its epochs shifted after them."""
+    t = card.training
+    history = read_log(t["recipe"])
+    init = t.get("init")
+    before = f"; {_pct(init['val_accuracy'])} before fine-tuning" if init else ""
+    if not init:
+        return history
+    before = read_log(init["recipe"])[:init["best_epoch"]]
+    return before + [{**row, "epoch": row["epoch"] + len(before)} for row in history]
 
 
 def current(name="capsnet-mnist"):
@@ -79,11 +105,9 @@ def current(name="capsnet-mnist"):
     import capszoo
 
     card = capszoo.get_card(name)
-    with open(os.path.join(REPO, "recipes", f"{card.recipe}.metrics.jsonl"), encoding="utf-8") as fh:
-        history = [json.loads(line) for line in fh if line.strip()]
-    with open(os.path.join(REPO, "recipes", f"{card.recipe}.toml"), "rb") as fh:
-        recipe = tomllib.load(fh)
-    return render(card, history, recipe)
+    recipe = card.training["recipe"]
+    with open(os.path.join(REPO, "recipes", f"{recipe}.toml"), "rb") as fh:
+        return render(card, read_log(recipe), tomllib.load(fh))
 
 
 def readme_section(text):

@@ -62,24 +62,39 @@ def test_example_digits_classified(tmp_path):
     assert got == expected
 
 
-@published
-def test_card_training_summary_is_the_shipped_log():
-    """The card's training figures are those of ``recipes/capsnet-mnist.metrics.jsonl``, the run's own log."""
+def _log(recipe):
     import json
 
-    log = os.path.join(os.path.dirname(__file__), "..", "recipes", "capsnet-mnist.metrics.jsonl")
-    with open(log, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    t = CARD.training
+    with open(os.path.join(os.path.dirname(__file__), "..", "recipes", f"{recipe}.metrics.jsonl"),
+              encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _check_summary(t, rows, val_accuracy):
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     assert t["epochs_run"] == len(rows)
     # selection on validation only: the first epoch with the best validation accuracy
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["epoch"]))
     assert t["best_epoch"] == best["epoch"]
-    assert CARD.metrics["val_accuracy"] == best["val_accuracy"]
+    assert val_accuracy == best["val_accuracy"]
     assert round(sum(r["epoch_seconds"] for r in rows) / 3600, 2) == t["wall_time_hours"]
     assert round(sum(r["images_per_second"] for r in rows) / len(rows), 1) == t["train_images_per_second"]
-    assert t["recipe"] == "capsnet-mnist" and isinstance(t["seed"], int)
+    assert t["recipe"] in capszoo.list_recipes() and isinstance(t["seed"], int)
+
+
+@published
+def test_card_training_summary_is_the_shipped_log():
+    """The card's training figures are those of ``recipes/<recipe>.metrics.jsonl``, the run's own log; for
+    weights fine-tuned from earlier published ones, the card's ``init`` holds those of the earlier run, from
+    its log (the fine-tuning beat them on validation: the rule that publishes weights)."""
+    t = CARD.training
+    _check_summary(t, _log(t["recipe"]), CARD.metrics["val_accuracy"])
+    init = t.get("init")
+    if init:
+        _check_summary(init, _log(init["recipe"]), init["val_accuracy"])
+        assert CARD.metrics["val_accuracy"] > init["val_accuracy"]
+        assert init["sha256"] != CARD.weights.sha256 and len(init["sha256"]) == 64
+        assert f"fine-tuned from the published weights {init['sha256'][:8]}" in t["weights"]
 
 
 def _script(name):
@@ -110,6 +125,33 @@ def test_publish_weights_summary():
                                    "weights (86a1f49a) with a fresh optimizer state")
     assert summary({"decay": 0.999, "started_epoch": 0}, {"epochs": 0, "sha256": init["sha256"]}) == (
         "exponential moving average of the weights (decay 0.999, from the first step)")
+    finetuned = {"sha256": "17456aad" + "0" * 56, "recipe": "capsnet-mnist", "seed": 2, "best_epoch": 16}
+    assert summary({"decay": 0.999, "started_epoch": 0}, {"epochs": 0, "sha256": finetuned["sha256"]},
+                   finetuned) == (
+        "exponential moving average of the weights (decay 0.999, from the first step); fine-tuned from the "
+        "published weights 17456aad (recipe `capsnet-mnist`, seed 2, epoch 16) with a fresh optimizer state")
+
+
+def test_publish_weights_finetuned_from():
+    """A run started from a weights file without a log is published only when that file is the published one;
+    the manifest then records it, with the figures of the run that made it."""
+    import dataclasses
+
+    from_ = _script("publish_weights")._finetuned_from
+    assert from_(None, CARD) is None
+    assert from_({"epochs": 12, "log": "m.jsonl", "sha256": "0" * 64, "weights": "w"}, CARD) is None
+    card = dataclasses.replace(
+        CARD, weights=capszoo.WeightsSource("capsnet-mnist-0123abcd.params", "0123abcd" * 8, 1, "r", "v"),
+        metrics={"test_accuracy": 0.9956, "test_errors": 44, "val_accuracy": 0.9954},
+        training={"recipe": "capsnet-mnist", "seed": 2, "best_epoch": 16, "epochs_run": 16, "wall_time_hours": 5.34,
+                  "train_images_per_second": 52.4, "ctx": ["cpu(0)"], "weights": "w", "selection": "s"})
+    init = {"epochs": 0, "log": None, "sha256": "0123abcd" * 8, "weights": "/x/capsnet-mnist-0123abcd.params"}
+    assert from_(init, card) == {
+        "sha256": "0123abcd" * 8, "filename": "capsnet-mnist-0123abcd.params", "recipe": "capsnet-mnist",
+        "seed": 2, "best_epoch": 16, "epochs_run": 16, "wall_time_hours": 5.34, "train_images_per_second": 52.4,
+        "ctx": ["cpu(0)"], "weights": "w", "val_accuracy": 0.9954}
+    with pytest.raises(SystemExit, match="which are not the published weights"):
+        from_({**init, "sha256": "f" * 64}, card)
 
 
 @published
@@ -156,6 +198,15 @@ def test_readme_weights_table_render():
     row = rw.render(card, history, recipe).splitlines()[3]
     assert row == ("| validation accuracy | 99.52 % (5,000 held-out training images; used to pick the epoch, "
                    "the first with the fewest errors: 4 of 4 run so far) |")
+    # weights fine-tuned from earlier published ones: the earlier run in the training row, its validation figure
+    init = {"recipe": "capsnet-mnist", "seed": 2, "best_epoch": 16, "epochs_run": 16, "wall_time_hours": 5.34,
+            "train_images_per_second": 52.4, "val_accuracy": 0.9954}
+    card = dataclasses.replace(card, training={**card.training, "recipe": "capsnet-mnist-finetune", "init": init})
+    rows = rw.render(card, history, recipe).splitlines()
+    assert rows[3].endswith("4 of 4 run so far; 99.54 % before fine-tuning) |")
+    assert rows[5] == ("| training | recipe `capsnet-mnist-finetune` (seed 2), 4 of 50 epochs, context cpu(0), cpu(1), "
+                       "1.3 h wall, 50 images/s on average; fine-tuned from recipe `capsnet-mnist` (seed 2): its "
+                       "epoch 16 of 16 run, 5.3 h wall, 52 images/s on average |")
 
 
 def test_readme_weights_check_mode(tmp_path, monkeypatch, capsys):
@@ -175,3 +226,31 @@ def test_readme_weights_check_mode(tmp_path, monkeypatch, capsys):
     assert rw.main(["--check"]) == 0
     with pytest.raises(ValueError, match="lacks the markers"):
         rw.readme_section("no markers here")
+
+
+@published
+@pytest.mark.parametrize("case", ["not better", "other recipe", "other weights"])
+def test_publish_weights_refuses_before_measuring_the_test_set(tmp_path, case):
+    """A fine-tuning run is published only when it beats the published weights on validation, from a shipped
+    recipe and from the published file; a refused run never reaches the test set (here a folder without it)."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(bundled_dir() / CARD.weights.filename, run / "best.params")
+    recipe = capszoo.load_recipe("capsnet-mnist-finetune").to_dict()
+    if case == "other recipe":
+        recipe["optimizer"]["learning_rate"] = 0.01
+    init = {"weights": "w.params", "sha256": "f" * 64 if case == "other weights" else CARD.weights.sha256,
+            "log": None, "log_sha256": None, "epochs": 0}
+    (run / "run.json").write_text(json.dumps({"recipe": recipe, "ctx": ["cpu(0)"], "init": init}))
+    val = CARD.metrics["val_accuracy"] + (0 if case == "not better" else 0.0002)
+    (run / "checkpoint.json").write_text(json.dumps({"history": [], "best": {"epoch": 1, "val_accuracy": val}}))
+    message = {"not better": "does not beat that of the published weights it fine-tunes",
+               "other recipe": "differs from the shipped capsnet-mnist-finetune in: optimizer",
+               "other weights": "which are not the published weights"}[case]
+    before = sorted(os.listdir(bundled_dir()))
+    with pytest.raises(SystemExit, match=message):
+        _script("publish_weights").main([str(run), "--data-dir", str(tmp_path / "no-mnist-here")])
+    assert sorted(os.listdir(bundled_dir())) == before

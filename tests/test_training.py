@@ -35,7 +35,7 @@ def train_data(mnist_dir):
 
 def test_bundled_recipe_is_wolframs_setup():
     r = load_recipe("capsnet-mnist")
-    assert capszoo.list_recipes() == ["capsnet-mnist"]
+    assert capszoo.list_recipes() == ["capsnet-mnist", "capsnet-mnist-finetune"]
     assert r.net.routing_iterations == 3 and r.net.pred_vects_init_scale == 0.005
     assert (r.loss.margin_m_plus, r.loss.margin_m_minus, r.loss.margin_lambda) == (0.9, 0.1, 0.5)
     assert r.loss.class_weight == 1.0 and r.loss.reco_weight == pytest.approx(784 * 0.0005)
@@ -47,6 +47,19 @@ def test_bundled_recipe_is_wolframs_setup():
     assert [r.optimizer.ema_decay_at(t) for t in (0, 1, 10)] == [0.1, 2 / 11, 11 / 20]
     assert r.optimizer.ema_decay_at(10 ** 6) == 0.999
 
+
+def test_finetune_recipe_is_the_first_stage_with_a_new_learning_rate_cycle():
+    """capsnet-mnist-finetune trains on from capsnet-mnist's weights: the same net, losses, data split and
+    shifts, batch and moving average; only the learning-rate cycle (and its length and seed) differ."""
+    first, second = load_recipe("capsnet-mnist").to_dict(), load_recipe("capsnet-mnist-finetune").to_dict()
+    assert second["model"] == first["model"] == "capsnet-mnist"
+    for section in ("net", "loss", "data"):
+        assert second[section] == first[section]
+    assert {k: v for k, v in second["optimizer"].items() if k not in ("learning_rate", "lr_decay")} == \
+        {k: v for k, v in first["optimizer"].items() if k not in ("learning_rate", "lr_decay")}
+    assert (second["optimizer"]["learning_rate"], second["optimizer"]["lr_decay"]) == (3e-4, 0.82)
+    assert second["train"]["batch_size"] == first["train"]["batch_size"]
+    assert second["train"]["epochs"] == 10
 
 def test_ema_decay_is_optional(recipe_doc):
     import copy
