@@ -59,7 +59,9 @@ def test_outputs_equal_mxnet_on_real_digits(ort_net, mnist_test):
     assert p2.shape == (200, 10) and c2.shape == (200, 16) and r2.shape == (200, 1, 28, 28)
     assert float(np.abs(p2 - probs).max()) < 1e-5
     assert float(np.abs(c2 - caps).max()) < 1e-5
-    assert float(np.abs(r2 - recos).max()) < 1e-5
+    # the decoder (Dense 16-512-1024-784) amplifies the capsules' float rounding about 30-fold: with the
+    # weights of 2026-12-02, capsules within 4.8e-7 and reconstructions within 1.4e-5 on 1,000 test digits
+    assert float(np.abs(r2 - recos).max()) < 5e-5
     assert (p2.argmax(1) == probs.argmax(1)).all()
     assert (p2.argmax(1) == labels[:200]).mean() >= 0.98
     p3, c3, r3 = ort_net(x[:5], need_reco=False)
