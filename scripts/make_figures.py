@@ -52,7 +52,8 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         out = pathlib.Path(args.out)
         # the training curve needs no model or data: drawn first, from the per-epoch log
-        metrics = args.metrics or _script("readme_weights").full_history(capszoo.get_card("capsnet-mnist"))
+        from readme_weights import full_history   # beside this script (sys.path[0] when it runs)
+        metrics = args.metrics or full_history(capszoo.get_card("capsnet-mnist"))
         img = vis.training_curve(metrics, out / "training.png", title="capsnet-mnist: training curve")
         print(f"wrote {out / 'training.png'}  ({img.width} x {img.height})")
         images, labels = load_mnist("test", data_dir=args.data_dir)
@@ -78,16 +79,6 @@ def main(argv=None):
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _script(name):
-    """``scripts/<name>.py`` as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _sample(images, labels, n, seed):

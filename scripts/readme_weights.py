@@ -93,7 +93,6 @@ def full_history(card):
     t = card.training
     history = read_log(t["recipe"])
     init = t.get("init")
-    before = f"; {_pct(init['val_accuracy'])} before fine-tuning" if init else ""
     if not init:
         return history
     before = read_log(init["recipe"])[:init["best_epoch"]]

@@ -62,14 +62,6 @@ def test_example_digits_classified(tmp_path):
     assert got == expected
 
 
-def _log(recipe):
-    import json
-
-    with open(os.path.join(os.path.dirname(__file__), "..", "recipes", f"{recipe}.metrics.jsonl"),
-              encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _check_summary(t, rows, val_accuracy):
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     assert t["epochs_run"] == len(rows)
@@ -87,11 +79,12 @@ def test_card_training_summary_is_the_shipped_log():
     """The card's training figures are those of ``recipes/<recipe>.metrics.jsonl``, the run's own log; for
     weights fine-tuned from earlier published ones, the card's ``init`` holds those of the earlier run, from
     its log (the fine-tuning beat them on validation: the rule that publishes weights)."""
+    read_log = _script("readme_weights").read_log
     t = CARD.training
-    _check_summary(t, _log(t["recipe"]), CARD.metrics["val_accuracy"])
+    _check_summary(t, read_log(t["recipe"]), CARD.metrics["val_accuracy"])
     init = t.get("init")
     if init:
-        _check_summary(init, _log(init["recipe"]), init["val_accuracy"])
+        _check_summary(init, read_log(init["recipe"]), init["val_accuracy"])
         assert CARD.metrics["val_accuracy"] > init["val_accuracy"]
         assert init["sha256"] != CARD.weights.sha256 and len(init["sha256"]) == 64
         assert f"fine-tuned from the published weights {init['sha256'][:8]}" in t["weights"]
@@ -254,3 +247,15 @@ def test_publish_weights_refuses_before_measuring_the_test_set(tmp_path, case):
     with pytest.raises(SystemExit, match=message):
         _script("publish_weights").main([str(run), "--data-dir", str(tmp_path / "no-mnist-here")])
     assert sorted(os.listdir(bundled_dir())) == before
+
+
+@published
+def test_published_training_figure_is_the_logs_drawing(tmp_path):
+    """docs/figures/training.png is training_curve's drawing of every epoch behind the published weights (as
+    scripts/make_figures.py draws it: the run they fine-tune, if any, then their own run)."""
+    from capszoo import _visualize as vis
+
+    fig = os.path.join(os.path.dirname(__file__), "..", "docs", "figures", "training.png")
+    out = tmp_path / "training.png"
+    vis.training_curve(_script("readme_weights").full_history(CARD), out, title="capsnet-mnist: training curve")
+    assert out.read_bytes() == open(fig, "rb").read()

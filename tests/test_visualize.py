@@ -465,20 +465,6 @@ def test_training_curve_is_deterministic_and_accepts_dicts(tmp_path):
         rows = [json.loads(line) for line in fh if line.strip()]
     img = vis.training_curve(rows)
     assert img.tobytes() == Image.open(a).convert("RGB").tobytes()
-    # the published figure is this function's drawing of the published weights' logs (as
-    # scripts/make_figures.py does it: the run of the card's recipe after the run it fine-tunes, if any)
-    fig = os.path.join(os.path.dirname(RECIPE_METRICS), "..", "docs", "figures", "training.png")
-    if os.path.exists(fig):
-        import importlib.util
-
-        path = os.path.join(os.path.dirname(RECIPE_METRICS), "..", "scripts", "readme_weights.py")
-        spec = importlib.util.spec_from_file_location("readme_weights", path)
-        rw = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(rw)
-        c = tmp_path / "c.png"
-        vis.training_curve(rw.full_history(capszoo.get_card("capsnet-mnist")), c,
-                           title="capsnet-mnist: training curve")
-        assert c.read_bytes() == open(fig, "rb").read()
 
 
 @pytest.mark.parametrize("best", [0, 2, 4])
