@@ -162,7 +162,7 @@ def med(xs):
 
 # -- environment ------------------------------------------------------------------------------
 def cpu_info():
-    from capszoo._precision import cpu_flags, supports_bfloat16
+    from capszoo.utils import cpu_flags, supports_bfloat16
     model = "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -205,7 +205,7 @@ def resolve_weights(args, workdir):
         return os.path.abspath(args.weights), "given (--weights)", True
     try:
         import capszoo
-        from capszoo._hub import resolve_weights as _resolve
+        from capszoo import resolve_weights as _resolve
         return _resolve(capszoo.get_card("capsnet-mnist")), "published (capszoo.load resolves them)", True
     except Exception as exc:  # noqa: BLE001
         reason = f"{type(exc).__name__}: {exc}"
@@ -216,10 +216,10 @@ def resolve_weights(args, workdir):
     except Exception:  # noqa: BLE001  (pytest missing: the same steps)
         def make_weights(p, seed=0):
             import mxnet as mx
-            from capszoo._net import CapsNet
-            from capszoo._recipe import load_recipe
-            from capszoo._train import initialize_net
-            from capszoo._weights import save_params
+            from capszoo.models.capsnet.net import CapsNet
+            from capszoo import load_recipe
+            from capszoo import initialize_net
+            from capszoo import save_params
             net = CapsNet()
             initialize_net(net, load_recipe("capsnet-mnist"), [mx.cpu()], seed)
             save_params(net, p)
@@ -600,7 +600,7 @@ def default_out(quick, now=None):
 
 def write_json_atomic(path, obj):
     """Write ``obj`` as JSON to ``path`` atomically (capszoo's own temporary-file-and-``os.replace``)."""
-    from capszoo._io import atomic_write_text
+    from capszoo.utils import atomic_write_text
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
@@ -660,7 +660,7 @@ def run(args, cfg, threads, out_path, workdir, t_start):
     else:
         res["data"] = f"MNIST test set from {data_dir}"
     # the PyTorch worker reads the same arrays from an .npz: it never imports capszoo (nor MXNet)
-    from capszoo._weights import read_params
+    from capszoo import read_params
     torch_weights = os.path.join(workdir, "weights.npz")
     np.savez(torch_weights, **read_params(weights))
     data = os.path.join(workdir, "data.npz")

@@ -80,14 +80,14 @@ class CapszooContender(Contender):
     def infer(self, x):
         return self.model.run(x)
 
-    # training: the step of capszoo._train._train_loop, on a separate net with the same weights
+    # training: the step of capszoo._train._train_epoch, on a separate net with the same weights
     def _train_setup(self):
         mx = self.mx
         from mxnet import gluon
-        from capszoo._net import CapsNet
-        from capszoo._recipe import load_recipe
-        from capszoo._training_net import CapsNetTrainingNet
-        from capszoo._weights import load_params_into
+        from capszoo.models.capsnet.net import CapsNet
+        from capszoo import load_recipe
+        from capszoo.models.capsnet.training import CapsNetTrainingNet
+        from capszoo import load_params_into
         recipe = load_recipe("capsnet-mnist")
         net = CapsNet(routing_iterations=recipe.net.routing_iterations)
         load_params_into(net, self.args.weights, ctx=[mx.cpu()])

@@ -1,6 +1,6 @@
 """The reference CapsNet in PyTorch: capszoo's architecture, written the way PyTorch code is.
 
-Same layers, shapes and parameter count (8,141,840) as ``capszoo._net.CapsNet``,
+Same layers, shapes and parameter count (8,141,840) as ``capszoo.models.capsnet.net.CapsNet``,
 and the same parameter names, so capszoo's ``.params`` weights load directly
 (:func:`load_capszoo_weights`, through ``capszoo._weights.read_params``; the
 benchmark converts them once to ``.npz`` with :func:`save_npz`, so that the
@@ -125,7 +125,7 @@ def read_capszoo_weights(path):
     if str(path).endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    from capszoo._weights import read_params
+    from capszoo import read_params
     return read_params(path)
 
 

@@ -1,12 +1,12 @@
-"""capszoo: a model zoo on Apache MXNet Gluon, starting with the CapsNet trained on MNIST.
+"""capszoo: a model zoo on Apache MXNet Gluon: CapsNets (and a LeNet baseline) trained on MNIST.
 
 >>> import capszoo
 >>> model = capszoo.load("capsnet-mnist")          # pretrained, sha256-verified
 >>> model("digit.png")                             # doctest: +SKIP
 7
 >>> extractor = model.feature_extractor()           # ReLUConv1 -> Pick, 16-D capsule
->>> capszoo.list_models()
-['capsnet-mnist']
+>>> capszoo.list_models("lenet*")
+['lenet-mnist']
 """
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from ._api import BACKENDS, ORT_MAX_BATCH, PROPERTIES, VARIANTS, CapsNetModel, g
 from ._evaluate import EvalResult, evaluate
 from ._info import NetInfo, format_info, net_info
 from ._recipe import Recipe, list_recipes, load_recipe
-from ._registry import ModelCard, WeightsSource, get_card, list_models, model_cards
+from ._registry import (Family, ModelCard, WeightsSource, get_card, get_family, list_models, model_cards,
+                        register_family, register_model)
+from ._hub import resolve_weights
+from ._nets import SubnetChain
+from ._weights import load_params_into, read_params, save_params, sha256_file
+from ._publish import PushResult, push_to_hub
 from .errors import CapszooError
 
 # Names defined by modules that build MXNet blocks at import time.  They are imported on
@@ -26,19 +31,24 @@ from .errors import CapszooError
 # onnxruntime -- does not pay for `import mxnet` (about 1 s) unless MXNet is needed.
 # The modules above import MXNet inside their functions.
 _MXNET_MODULES = {
-    "CapsNet": "._net",
-    "SUBNET_NAMES": "._net",
+    "CapsNet": ".models.capsnet.net",
+    "SUBNET_NAMES": ".models.capsnet.net",
+    "LeNet": ".models.lenet.net",
     "NetSlice": "._slices",
     "train": "._train",
+    "initialize_net": "._train",
+    "export_model": "._export",
     "TrainResult": "._train",
-    "CapsNetTrainingNet": "._training_net",
+    "CapsNetTrainingNet": ".models.capsnet.training",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from ._net import SUBNET_NAMES, CapsNet
+    from .models.capsnet.net import SUBNET_NAMES, CapsNet
+    from .models.lenet.net import LeNet
     from ._slices import NetSlice
-    from ._train import TrainResult, train
-    from ._training_net import CapsNetTrainingNet
+    from ._export import export_model
+    from ._train import TrainResult, initialize_net, train
+    from .models.capsnet.training import CapsNetTrainingNet
 
 
 def __getattr__(name):
@@ -65,8 +75,21 @@ __all__ = [
     "model_cards",
     "ModelCard",
     "WeightsSource",
+    "Family",
+    "SubnetChain",
+    "register_model",
+    "register_family",
+    "get_family",
+    "resolve_weights",
+    "read_params",
+    "save_params",
+    "load_params_into",
+    "sha256_file",
+    "initialize_net",
+    "export_model",
     "CapsNetModel",
     "CapsNet",
+    "LeNet",
     "CapsNetTrainingNet",
     "NetSlice",
     "SUBNET_NAMES",
@@ -85,4 +108,6 @@ __all__ = [
     "load_recipe",
     "list_recipes",
     "CapszooError",
+    "push_to_hub",
+    "PushResult",
 ]

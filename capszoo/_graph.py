@@ -15,21 +15,24 @@ corrupted file); sizes are capped (:data:`MAX_FILE_BYTES`, :data:`MAX_NODES`,
 :data:`MAX_ATTR_CHARS`).  Anything else raises
 :class:`~capszoo.errors.GraphFormatError` naming the problem.  Operators this
 module does not know are accepted (it is a drawing) and listed in
-:attr:`Graph.unknown_ops`.
+:attr:`Graph.unknown_ops`.  Parameter counts come from the ``.params`` file
+beside the symbol, read by :func:`capszoo._weights.read_params`.
 
-Drawing (:func:`graph_layout`, :func:`graph_image`, :func:`graph_svg`,
-:func:`save_graph`): a layered top-to-bottom layout (longest path from the
-inputs; nodes ordered within a layer by the barycentre of their neighbours to
-cut crossings; long edges routed through lanes, one lane per source).
+Drawing (:func:`graph_layout`, :func:`graph_figure`, :func:`save_graph`): a
+small layered layout of its own, drawn with matplotlib (Graphviz's ``dot``
+binary is not a pip package, so a fresh machine may lack it).  Nodes sit on
+the layer of their longest path from the inputs, ordered within a layer by
+the mean position of their neighbours; an edge that skips layers passes
+through a waypoint on each layer it crosses, so it is routed around the boxes.
 Operators are rounded boxes coloured by family and labelled with the operator
 and its main settings (``Convolution 9x9/2, 256``); parameter arrays (weights,
-biases) are not boxes but small dots on the box that uses them.  The input
+biases) are not boxes but dots on the box that uses them.  The input
 variables and the outputs (the graph's heads; an exporter's ``_copy`` node
-naming an output becomes that output's marker) are dark pills.  A long graph is
-wrapped into columns, read left to right, so that the text stays at its
-natural size (14 px labels, 12 px names): the CapsNet's 69 layers fit in four
-columns.  Output is SVG (one ``<g class="op">`` per operator box) or PNG,
-by extension, written atomically.
+naming an output becomes that output's marker) are dark pills.  A long graph
+is wrapped into columns, read left to right; an edge leaving the bottom of a
+column continues at the top of the next.  Output is SVG (each box a group
+with the id ``op-<node>``, ``input-<node>`` or ``output-<k>``) or PNG, by
+extension, written atomically.
 """
 from __future__ import annotations
 
@@ -39,16 +42,10 @@ import math
 import os
 import re
 import stat
-import struct
-from typing import Dict, List, Mapping, Optional, Tuple
-from xml.sax.saxutils import escape
-
-from PIL import Image, ImageDraw
+from typing import Mapping, Optional, Tuple
 
 from . import _visualize as _vis
-from ._io import atomic_write_bytes
-from ._visualize import _arrow_head, _fit, _hex, _line_h, _text, _text_w, _wrap
-from .errors import ExportError, GraphFormatError, InvalidInputError
+from .errors import GraphFormatError, InvalidInputError, WeightsFormatError
 
 __all__ = [
     "Node",
@@ -56,12 +53,10 @@ __all__ = [
     "GraphLayout",
     "load_symbol_graph",
     "params_file_beside",
-    "read_params_shapes",
     "op_family",
     "op_label",
     "graph_layout",
-    "graph_image",
-    "graph_svg",
+    "graph_figure",
     "save_graph",
     "check_graph_output",
     "MAX_FILE_BYTES",
@@ -80,8 +75,8 @@ MAX_ATTR_CHARS = 64 * 1024
 MAX_OP_CHARS = 256
 #: Most boxes (operators, inputs, outputs) a drawing may hold; a larger graph is unreadable as a picture.
 MAX_DRAWN_NODES = 3000
-#: Most routing points of long edges a drawing may hold.
-MAX_LANE_POINTS = 60_000
+#: Most waypoints of long edges a drawing may hold.
+MAX_WAYPOINTS = 60_000
 #: Largest PNG drawn (pixels); use SVG beyond it.
 MAX_PNG_PIXELS = 40_000_000
 
@@ -321,6 +316,17 @@ def _check_doc(doc, where, source):
     return Graph(nodes=tuple(nodes), heads=tuple(heads), arg_nodes=tuple(arg_nodes), attrs=gattrs, source=source)
 
 
+def model_symbol_json(name) -> str:
+    """The symbol JSON of zoo entry ``name``'s inference net (its graph: no weights needed)."""
+    import mxnet as mx
+    from ._registry import get_card
+
+    net = get_card(name).build()
+    out = net(mx.sym.var("data"))
+    sym = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
+    return sym.tojson()
+
+
 def load_symbol_graph(path_or_text):
     """Read and check an MXNet symbol JSON (``<prefix>-symbol.json``) without MXNet.
 
@@ -370,10 +376,6 @@ def load_symbol_graph(path_or_text):
 
 
 # -- the parameter file beside the symbol --------------------------------------------------------
-_ND_MAGIC_V2, _ND_MAGIC_V3 = 0xF993FAC9, 0xF993FACA
-_DTYPE_BYTES = {0: 4, 1: 8, 2: 2, 3: 1, 4: 4, 5: 1, 6: 8, 7: 1, 12: 2}
-
-
 def params_file_beside(symbol_path):
     """The ``<prefix>-NNNN.params`` beside ``<prefix>-symbol.json`` (epoch 0000 first, else the last), or None."""
     p = os.fspath(symbol_path)
@@ -392,71 +394,6 @@ def params_file_beside(symbol_path):
     found = sorted(m.group(0) for m in map(pat.match, names) if m)
     return os.path.join(folder, found[-1]) if found else None
 
-
-def read_params_shapes(path):
-    """Names and shapes of the arrays in an MXNet ``.params`` file, read from its headers (no MXNet).
-
-    Returns ``{name: shape}`` with the ``arg:``/``aux:`` prefixes removed.
-    Raises GraphFormatError when the file is not a dense MXNet parameter file.
-    """
-    p = os.fspath(path)
-    bad = f"{p} is not an MXNet .params file"
-
-    def read(fh, n):
-        b = fh.read(n)
-        if len(b) != n:
-            raise GraphFormatError(f"{bad} (it ends early)")
-        return b
-
-    try:
-        size = os.path.getsize(p)
-        with open(p, "rb") as fh:
-            magic, _ = struct.unpack("<QQ", read(fh, 16))
-            if magic != 0x112:
-                raise GraphFormatError(f"{bad} (wrong magic number)")
-            (count,) = struct.unpack("<Q", read(fh, 8))
-            if count > 1_000_000:
-                raise GraphFormatError(f"{bad} (it claims {count} arrays)")
-            shapes = []
-            for _ in range(count):
-                (nd_magic,) = struct.unpack("<I", read(fh, 4))
-                if nd_magic not in (_ND_MAGIC_V2, _ND_MAGIC_V3):
-                    raise GraphFormatError(f"{bad} (an array of an unsupported version)")
-                (stype,) = struct.unpack("<i", read(fh, 4))
-                if stype != 0:
-                    raise GraphFormatError(f"{p} holds sparse arrays, which this reader does not count")
-                (ndim,) = struct.unpack("<i", read(fh, 4))
-                if ndim < -1 or ndim > 32:
-                    raise GraphFormatError(f"{bad} (an array with {ndim} dimensions)")
-                shape = struct.unpack(f"<{max(ndim, 0)}q", read(fh, 8 * max(ndim, 0)))
-                if any(d < 0 for d in shape):
-                    raise GraphFormatError(f"{bad} (a negative dimension)")
-                shapes.append(tuple(shape))
-                if ndim == -1 or (ndim == 0 and nd_magic == _ND_MAGIC_V2):
-                    continue  # an empty (none) array: no data follows
-                _, _, dtype = struct.unpack("<iii", read(fh, 12))
-                if dtype not in _DTYPE_BYTES:
-                    raise GraphFormatError(f"{bad} (unknown dtype code {dtype})")
-                nbytes = math.prod(shape) * _DTYPE_BYTES[dtype]
-                if fh.tell() + nbytes > size:
-                    raise GraphFormatError(f"{bad} (it ends early)")
-                fh.seek(nbytes, os.SEEK_CUR)
-            (n_names,) = struct.unpack("<Q", read(fh, 8))
-            if n_names != count:
-                raise GraphFormatError(f"{bad} ({count} arrays but {n_names} names)")
-            names = []
-            for _ in range(n_names):
-                (ln,) = struct.unpack("<Q", read(fh, 8))
-                if ln > 1 << 20:
-                    raise GraphFormatError(f"{bad} (a name of {ln} bytes)")
-                names.append(read(fh, ln).decode("utf-8", "replace"))
-    except OSError as exc:
-        raise GraphFormatError(f"cannot read {p}: {_vis._os_reason(exc)}") from None
-    out = {}
-    for name, shape in zip(names, shapes):
-        kind, sep, rest = name.partition(":")
-        out[rest if sep and kind in ("arg", "aux") else name] = shape
-    return out
 
 
 # -- operators: families and labels --------------------------------------------------------------
@@ -606,63 +543,70 @@ def op_label(node):
     return op
 
 
+
+
 # -- layout --------------------------------------------------------------------------------------
-_LABEL, _NAME, _TITLE, _SUB = 14, 12, 20, 13
-_PAD_X, _PAD_Y = 10, 7
-_MIN_BOX, _MAX_BOX = 120, 300
-_VGAP = 38            # vertical space between rows (edges and arrow heads)
-_HGAP = 26            # horizontal space between boxes
-_LANE_SEP = 14        # space between a lane and its neighbours
-_GUTTER = 50          # space between columns (plus routing lanes)
-_LANE = 9             # distance between parallel routing lanes
-_MARGIN = 20
-_ASPECT = 1.25        # wanted width / height of the drawing when a long graph is wrapped into columns
+_LABEL, _NAME = 10, 8.5          # font sizes (points): a box's label and its node name
+_BOX_H, _VGAP = 44, 34           # px: box height, space between layers
+_HGAP, _WAY_SEP, _LANE = 26, 12, 8   # px: between boxes; around a waypoint; between parallel edges
+_MIN_BOX, _MAX_BOX, _PAD = 120, 300, 10
+_GUTTER = 50                     # px between columns (plus a lane per edge crossing to the next column)
+_ASPECT = 1.25                   # wanted width / height of a graph wrapped into columns
 _MAX_ROWS_ONE_COLUMN = 14
+_MOVETO, _LINETO, _CURVE4 = 1, 2, 4  # matplotlib Path codes
 _COPY_OPS = ("_copy", "identity", "_identity")
 _PARAM_SUFFIXES = ("_weight", "_bias", "_gamma", "_beta", "_moving_mean", "_moving_var", "_running_mean",
                    "_running_var", "_alpha", "_parameters", "_i2h_weight", "_h2h_weight")
 
 
 def _clean(s):
-    """``s`` without characters XML or the font cannot take (controls, lone surrogates)."""
-    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]", "?", str(s))
+    """``s`` without characters XML or the font cannot take (controls, lone surrogates); line breaks as spaces."""
+    s = re.sub(r"[\t\n\r]", " ", str(s))
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]", "?", s)
 
 
 @dataclasses.dataclass
-class _Box:
+class Box:
+    """A drawn node: an operator, an input variable or an output marker (key ``("out", k)``)."""
+
     key: object
-    kind: str                 # "op", "input", "output", "lane"
-    label: str = ""
-    sub: str = ""
-    family: str = ""
-    params: int = 0
-    tooltip: str = ""
+    kind: str                 # "op", "input" or "output"
+    label: str
+    sub: str
+    family: str
+    params: int = 0           # parameter arrays it uses (dots on the box)
     w: float = 0.0
     layer: int = 0
-    x: float = 0.0            # centre
     col: int = 0
-    y: float = 0.0            # top
+    x: float = 0.0            # centre, px
+    y: float = 0.0            # top, px
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphLayout:
-    """Geometry of a graph drawing: the picture size and its drawing primitives.
+    """A graph laid out for drawing, in pixels with y down.
 
-    ``items`` are tuples: ``("group", cls, attrs)`` ... ``("end",)`` around
-    one node's primitives; ``("rect", box, radius, fill, outline, width,
-    dashed)``; ``("line", points, colour, width)`` (a polyline);
-    ``("curve", p0, p1, p2, p3, colour, width)`` (a cubic Bezier);
-    ``("arrow", points, colour)`` (a filled triangle); ``("dot", cx, cy, r,
-    colour, cls)``; ``("text", x, y_top, text, size, colour, align)``.
+    ``boxes`` are the drawn nodes; ``edges`` the matplotlib path of each edge
+    between consecutive layers, ``(vertices, codes, arrow)`` (``arrow``: it
+    ends on a box); ``header``, ``legend`` and ``notes`` the texts around it.
     """
 
     size: Tuple[int, int]
-    items: tuple
+    boxes: tuple
+    edges: tuple
     num_ops: int
     num_layers: int
     columns: int
     title: str
-    boxes: tuple
+    header: tuple
+    legend: tuple             # (kind, family) per entry: "family", "input", "output" or "param"
+    legend_y: float
+    legend_columns: int
+    notes: tuple
+
+    @property
+    def box_height(self):
+        return _BOX_H
 
 
 def _variable_kinds(graph, param_names):
@@ -682,97 +626,26 @@ def _common_prefix(names):
     return pre[:cut + 1] if cut > 0 else ""
 
 
-def _pav(desired, weights, seps):
-    """Positions closest (weighted least squares) to ``desired`` with ``x[i+1] - x[i] >= seps[i]``."""
-    n = len(desired)
-    if n == 0:
-        return []
-    off = [0.0] * n
-    for i in range(1, n):
-        off[i] = off[i - 1] + seps[i - 1]
-    blocks = []  # [value, weight, count]
-    for i in range(n):
-        blocks.append([desired[i] - off[i], weights[i], 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            v2, w2, c2 = blocks.pop()
-            v1, w1, c1 = blocks.pop()
-            w = w1 + w2
-            blocks.append([(v1 * w1 + v2 * w2) / w, w, c1 + c2])
-    out = []
-    for v, _, c in blocks:
-        out.extend([v] * c)
-    return [out[i] + off[i] for i in range(n)]
-
-
-def _inversions(seq):
-    """Number of pairs i < j with seq[i] > seq[j] (merge sort)."""
-    if len(seq) < 2:
-        return 0, list(seq)
-    mid = len(seq) // 2
-    a, left = _inversions(seq[:mid])
-    b, right = _inversions(seq[mid:])
-    merged, inv, i, j = [], a + b, 0, 0
-    while i < len(left) and j < len(right):
-        if left[i] <= right[j]:
-            merged.append(left[i])
-            i += 1
-        else:
-            merged.append(right[j])
-            inv += len(left) - i
-            j += 1
-    merged.extend(left[i:])
-    merged.extend(right[j:])
-    return inv, merged
-
-
-def _box_h():
-    return _PAD_Y + _line_h(_LABEL) + 2 + _line_h(_NAME) + _PAD_Y
-
-
-def _partition(num_layers, cross, k):
-    """Split layers 0..num_layers-1 into ``k`` runs: balanced lengths, cuts where few edges cross."""
-    if k <= 1:
-        return [(0, num_layers)]
-    ideal = num_layers / k
-    if num_layers > 200:  # greedy: each cut where fewest edges cross, near its ideal place
-        cuts, prev = [0], 0
-        for j in range(1, k):
-            target = j * ideal
-            lo = max(prev + 1, int(target - 0.2 * ideal))
-            hi = max(lo, min(num_layers - (k - j), int(target + 0.2 * ideal)))
-            prev = min(range(lo, hi + 1), key=lambda c: (30.0 * cross[c] + (c - target) ** 2, c))
-            cuts.append(prev)
-        cuts.append(num_layers)
-        return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    inf = float("inf")
-    # best[j][b]: cost of splitting layers 0..b-1 into j runs
-    best = [[inf] * (num_layers + 1) for _ in range(k + 1)]
-    back = [[0] * (num_layers + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
-    lo, hi = max(1, int(ideal * 0.7)), max(1, int(math.ceil(ideal * 1.35)))
-    for j in range(1, k + 1):
-        for b in range(1, num_layers + 1):
-            for length in range(lo, hi + 1):
-                a = b - length
-                if a < 0 or best[j - 1][a] == inf:
-                    continue
-                c = best[j - 1][a] + (length - ideal) ** 2 + (30.0 * cross[a] if a > 0 else 0.0)
-                if c < best[j][b]:
-                    best[j][b], back[j][b] = c, a
-    if best[k][num_layers] == inf:  # pragma: no cover - lengths always fit
-        step = int(math.ceil(num_layers / k))
-        return [(a, min(a + step, num_layers)) for a in range(0, num_layers, step)]
-    runs, b = [], num_layers
-    for j in range(k, 0, -1):
-        a = back[j][b]
-        runs.append((a, b))
-        b = a
-    return runs[::-1]
-
-
 def _names(names, most=8):
     names = [_clean(n) or "(unnamed)" for n in names]
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _read_params(graph, params):
+    """``(shapes, path, None)`` of the ``.params`` file to count, ``(None, path, reason)`` when it cannot be
+    read, or None when there is none."""
+    path = params_file_beside(graph.source) if params == "auto" and graph.source else \
+        (os.fspath(params) if params not in (None, "auto") else None)
+    if not path:
+        return None
+    from ._weights import read_params
+
+    try:
+        return {k: tuple(a.shape) for k, a in read_params(path).items()}, path, None
+    except WeightsFormatError as exc:
+        reason = str(exc)
+        reason = reason[len(path) + 2:] if reason.startswith(path + ": ") else reason
+        return None, path, reason.split(";")[0]
 
 
 def _header(graph, title, params, n_ops, n_layers, input_names, output_names, n_arrays, n_folded):
@@ -801,7 +674,7 @@ def _header(graph, title, params, n_ops, n_layers, input_names, output_names, n_
     return title, [line1, line2]
 
 
-def _head_info(graph, inputs):
+def _head_info(graph):
     """Output markers: list of (name, source node index, folded copy node index or None)."""
     consumers = {}
     for n in graph.nodes:
@@ -820,6 +693,226 @@ def _head_info(graph, inputs):
     return outs
 
 
+def _drawn_nodes(graph, param_names, measure):
+    """The boxes (in file order, outputs last), each box's drawn inputs, and (inputs, params, outs, folded)."""
+    inputs, param_vars = _variable_kinds(graph, param_names)
+    outs = _head_info(graph)
+    folded = {c for _, _, c in outs if c is not None}
+    for _, src, _ in outs:  # a head that is a parameter array is drawn as an input pill
+        if src in param_vars:
+            param_vars.discard(src)
+            inputs.add(src)
+    ops = [n for n in graph.op_nodes if n.index not in folded]
+    n_drawn = len(ops) + len(inputs) + len(outs)
+    if n_drawn > MAX_DRAWN_NODES:
+        raise InvalidInputError(f"the graph has {n_drawn:,} nodes to draw, more than the {MAX_DRAWN_NODES:,} "
+                                "a picture can show legibly")
+    prefix = _common_prefix([n.name for n in ops])
+    boxes, preds = {}, {}
+    for n in graph.nodes:
+        if n.index in inputs:
+            shape = n.attrs.get("__shape__")
+            boxes[n.index] = Box(n.index, "input", _clean(n.name) or "(unnamed)",
+                                 "input" + (f" {_kernel(shape)}" if shape else ""), "input")
+            preds[n.index] = []
+        elif not n.is_variable and n.index not in folded:
+            name = n.name[len(prefix):] if prefix and n.name.startswith(prefix) and len(n.name) > len(prefix) \
+                else n.name
+            boxes[n.index] = Box(n.index, "op", _clean(op_label(n)), _clean(name) or "(unnamed)", op_family(n.op),
+                                 params=sum(1 for s, _ in n.inputs if s in param_vars))
+            preds[n.index] = [s for s, _ in n.inputs if s not in param_vars]
+    for j, (name, src, _) in enumerate(outs):
+        boxes[("out", j)] = Box(("out", j), "output", _clean(name) or "(unnamed)",
+                                f"output {j + 1} of {len(outs)}" if len(outs) > 1 else "output", "output")
+        preds[("out", j)] = [src]
+    for b in boxes.values():
+        text_w = max(measure(b.label, _LABEL), measure(b.sub, _NAME)) + (8 * min(b.params, 6) + 6 if b.params else 0)
+        b.w = float(2 * math.ceil(min(_MAX_BOX, max(_MIN_BOX, text_w + 2 * _PAD)) / 2))
+    return boxes, preds, (inputs, param_vars, outs, folded)
+
+
+def _layers(boxes, preds):
+    """Layer of each box: its longest path from the inputs; an operator without inputs sits just above
+    its first consumer."""
+    layer, succs = {}, {k: [] for k in boxes}
+    for k in boxes:
+        layer[k] = max((layer[p] + 1 for p in preds[k]), default=0)
+        for p in preds[k]:
+            succs[p].append(k)
+    for k in reversed(list(boxes)):
+        if boxes[k].kind == "op" and not preds[k] and succs[k]:
+            layer[k] = max(layer[k], min(layer[s] for s in succs[k]) - 1)
+    return layer
+
+
+def _hops(boxes, preds, layer):
+    """Every edge cut into hops between consecutive layers: ``(a, b, port, ports)``.  An edge that skips
+    layers passes through waypoints ``("way", source, layer)``, shared by the long edges of one source."""
+    hops, ways = [], set()
+    for k in boxes:
+        for port, p in enumerate(preds[k]):
+            a = p
+            for li in range(layer[p] + 1, layer[k]):
+                d = ("way", p, li)
+                if d not in ways:
+                    ways.add(d)
+                    layer[d] = li
+                    hops.append((a, d, 0, 1))
+                a = d
+            hops.append((a, k, port, len(preds[k])))
+        if len(ways) > MAX_WAYPOINTS:
+            raise InvalidInputError("the graph has too many long edges to draw legibly")
+    return hops
+
+
+def _order(keys, layer, hops):
+    """Keys by layer, ordered within each layer by the mean position of their neighbours (sweeps down and
+    up; an input port counts from the left).  Returns (layers, predecessors of each key)."""
+    index = {k: i for i, k in enumerate(keys)}
+    rank = {k: index[k[1]] + 0.5 if isinstance(k, tuple) and k[0] == "way" else index[k] for k in layer}
+    layers = [[] for _ in range(max(layer.values()) + 1)]
+    for k in sorted(layer, key=rank.get):
+        layers[layer[k]].append(k)
+    up, down = {k: [] for k in layer}, {k: [] for k in layer}
+    for a, b, port, ports in hops:
+        up[b].append(a)
+        down[a].append((b, (port + 1) / (ports + 1) - 0.5))
+    for sweep in range(4):
+        downward = sweep % 2 == 0
+        for li in (range(1, len(layers)) if downward else range(len(layers) - 2, -1, -1)):
+            ref = {k: i for i, k in enumerate(layers[li - 1 if downward else li + 1])}
+            own = {k: i for i, k in enumerate(layers[li])}
+
+            def key(k):
+                ns = [ref[n] for n in up[k]] if downward else [ref[n] + dx for n, dx in down[k]]
+                return (sum(ns) / len(ns) if ns else own[k] * len(ref) / len(own), own[k])
+
+            layers[li].sort(key=key)
+    return layers, up
+
+
+def _separation(width, a, b):
+    """Least distance between the centres of neighbours ``a`` and ``b`` (width 0: a waypoint)."""
+    boxes = (width(a) > 0) + (width(b) > 0)
+    return (width(a) + width(b)) / 2 + (_HGAP if boxes == 2 else _WAY_SEP if boxes else _LANE)
+
+
+def _positions(layers, up, width):
+    """x of each key: under the mean of its predecessors, boxes kept apart, each layer centred on its wishes;
+    then each long edge straight down where its neighbours leave room."""
+    x = {}
+    for lay in layers:
+        wishes = []
+        for i, k in enumerate(lay):
+            want = sum(x[p] for p in up[k]) / len(up[k]) if up[k] else None
+            least = x[lay[i - 1]] + _separation(width, lay[i - 1], k) if i else None
+            x[k] = max(v for v in (want, least, None if i or want is not None else 0.0) if v is not None)
+            if want is not None:
+                wishes.append(want - x[k])
+        shift = sum(wishes) / len(wishes) if wishes else 0.0
+        for k in lay:
+            x[k] += shift
+    where = {k: (li, i) for li, lay in enumerate(layers) for i, k in enumerate(lay)}
+    chains = {}
+    for k in where:
+        if isinstance(k, tuple) and k[0] == "way":
+            chains.setdefault(k[1], []).append(k)
+
+    def fits(chain, v):
+        for d in chain:
+            lay, i = layers[where[d][0]], where[d][1]
+            if (i > 0 and v - x[lay[i - 1]] < _separation(width, lay[i - 1], d) - 1e-6) or \
+                    (i + 1 < len(lay) and x[lay[i + 1]] - v < _separation(width, d, lay[i + 1]) - 1e-6):
+                return False
+        return True
+
+    for source, chain in chains.items():
+        xs = sorted(x[d] for d in chain)
+        for v in sorted(set(xs + [x[source]]), key=lambda v: (abs(v - x[source]), v)):
+            if fits(chain, v):
+                for d in chain:
+                    x[d] = v
+                break
+    return x
+
+
+def _columns(layers, x, width, hops, layer):
+    """Layer runs, one per column, and each layer's x extent.  A long graph wraps so that the drawing is about
+    _ASPECT wide; each cut goes near its even place, where few edges cross."""
+    n = len(layers)
+    ext = [(min(x[k] - width(k) / 2 for k in lay), max(x[k] + width(k) / 2 for k in lay)) for lay in layers]
+    cross = [0] * (n + 1)
+    for a, _, _, _ in hops:
+        cross[layer[a] + 1] += 1
+
+    def option(k):
+        rows, cuts = n / k, [0]
+        for j in range(1, k):
+            lo, hi = max(cuts[-1] + 1, int(j * rows - 0.2 * rows)), min(n - 1, int(j * rows + 0.2 * rows))
+            cuts.append(min(range(lo, max(lo, hi) + 1), key=lambda c: (30 * cross[c] + (c - j * rows) ** 2, c)))
+        runs = [(a, b) for a, b in zip(cuts, cuts[1:] + [n]) if b > a]
+        widths = [max(ext[li][1] for li in range(a, b)) - min(ext[li][0] for li in range(a, b)) for a, b in runs]
+        total_w = sum(widths) + (len(runs) - 1) * _GUTTER
+        tallest = max(b - a for a, b in runs)
+        return abs(math.log(max(total_w, 1.0) / (tallest * (_BOX_H + _VGAP)) / _ASPECT)), k, runs, ext
+
+    if n <= _MAX_ROWS_ONE_COLUMN:
+        return option(1)[2:]
+    return min(option(k) for k in range(1, min(n // 4, 60) + 1))[2:]
+
+
+def _edge_paths(hops, boxes, pos, col_box, top):
+    """The path of each hop: an S-curve between consecutive layers of a column, or down, along the gutter
+    and over the next column's top when it crosses to the next column.  Returns (paths, lanes per cut)."""
+    crossing = {}
+    for h in hops:
+        if pos[h[0]][2] != pos[h[1]][2]:
+            crossing.setdefault(pos[h[0]][2], []).append(h)
+    lane = {}
+    for col, hs in crossing.items():
+        hs.sort(key=lambda h: (pos[h[0]][0], pos[h[1]][0]))
+        for i, h in enumerate(hs):
+            j = len(hs) - 1 - i
+            left, bottom, right = col_box[col]
+            lane[h] = (bottom + 12 + _LANE * j, right + _GUTTER / 2 + _LANE * j, top - 12 - _LANE * i)
+    paths = []
+    for h in hops:
+        a, b, port, ports = h
+        (x0, y0, _), (x1, y1, _) = pos[a], pos[b]
+        y0 += _BOX_H
+        if b in boxes:
+            x1 += boxes[b].w * ((port + 1) / (ports + 1) - 0.5)
+        verts, codes = [(x0, y0)], [_MOVETO]
+        if h in lane:
+            y_low, gx, y_high = lane[h]
+            verts += [(x0, y_low), (gx, y_low), (gx, y_high), (x1, y_high), (x1, y1)]
+            codes += [_LINETO] * 5
+        else:
+            dy = (y1 - y0) / 2
+            verts += [(x0, y0 + dy), (x1, y1 - dy), (x1, y1)]
+            codes += [_CURVE4] * 3
+        if b not in boxes:  # a waypoint: the edge goes on straight down through the layer
+            verts.append((x1, y1 + _BOX_H))
+            codes.append(_LINETO)
+        paths.append((tuple(verts), tuple(codes), b in boxes))
+    return paths, max([len(hs) for hs in crossing.values()] + [0])
+
+
+def _legend(boxes, n_params, measure, text_w):
+    """Legend entries (kind, family) of the families present, the pills and the parameter dots; columns."""
+    present = {b.family for b in boxes.values() if b.kind == "op"}
+    entries = [("family", f) for f in _FAMILY_STYLE if f in present] + [("input", "input"), ("output", "output")]
+    entries += [("param", "")] if n_params else []
+    widest = max(measure(_legend_text(e), _vis._SMALL) for e in entries) + 46
+    return tuple(entries), max(1, min(len(entries), int(text_w // widest)))
+
+
+def _legend_text(entry):
+    kind, fam = entry
+    return _FAMILY_STYLE[fam][0] if kind == "family" else "parameter array" if kind == "param" else kind
+
+
+@_vis._drawing
 def graph_layout(graph, *, title=None, params="auto"):
     """Lay out ``graph`` (a :class:`Graph`, or anything :func:`load_symbol_graph` reads) for drawing.
 
@@ -842,583 +935,147 @@ def graph_layout(graph, *, title=None, params="auto"):
     """
     if not isinstance(graph, Graph):
         graph = load_symbol_graph(graph)
-
-    # parameters: from the .params file when there is one, else by name
-    pinfo = None
-    ppath = params_file_beside(graph.source) if params == "auto" and graph.source else \
-        (os.fspath(params) if params not in (None, "auto") else None)
-    if ppath:
-        try:
-            pinfo = (read_params_shapes(ppath), ppath, None)
-        except GraphFormatError as exc:
-            pinfo = (None, ppath, str(exc).split(" (")[-1].rstrip(")") if " (" in str(exc) else str(exc))
-    param_names = set(pinfo[0]) if pinfo and pinfo[0] else set()
-    inputs, param_vars = _variable_kinds(graph, param_names)
-
-    outs = _head_info(graph, inputs)
-    folded = {c for _, _, c in outs if c is not None}
-    for _, src, _ in outs:  # a head that is a parameter array is drawn as an input pill
-        if src in param_vars:
-            param_vars.discard(src)
-            inputs.add(src)
-    ops = [n for n in graph.op_nodes if n.index not in folded]
-    n_drawn = len(ops) + len(inputs) + len(outs)
-    if n_drawn > MAX_DRAWN_NODES:
-        raise InvalidInputError(f"the graph has {n_drawn:,} nodes to draw, more than the {MAX_DRAWN_NODES:,} "
-                                "a picture can show legibly")
-    prefix = _common_prefix([n.name for n in ops])
-
-    # drawn nodes and their (visible) inputs
-    boxes: Dict[object, _Box] = {}
-    preds: Dict[object, List[object]] = {}
-    for n in graph.nodes:
-        if n.index in inputs:
-            shape = n.attrs.get("__shape__")
-            boxes[n.index] = _Box(n.index, "input", label=_clean(n.name) or "(unnamed)",
-                                  sub="input" + (f" {_kernel(shape)}" if shape else ""), family="input",
-                                  tooltip=f"input variable {_clean(n.name)}")
-            preds[n.index] = []
-        elif not n.is_variable and n.index not in folded:
-            vis_in = [s for s, _ in n.inputs if s not in param_vars]
-            n_par = sum(1 for s, _ in n.inputs if s in param_vars)
-            name = n.name[len(prefix):] if prefix and n.name.startswith(prefix) and len(n.name) > len(prefix) \
-                else n.name
-            attrs = ", ".join(f"{k}={v}" for k, v in n.attrs.items() if not k.startswith("__"))
-            pnames = [graph.nodes[s].name for s, _ in n.inputs if s in param_vars]
-            tip = f"{n.op} {n.name}" + (f" ({attrs})" if attrs else "") + \
-                  (f"; parameters: {', '.join(pnames)}" if pnames else "")
-            boxes[n.index] = _Box(n.index, "op", label=_clean(op_label(n)), sub=_clean(name) or "(unnamed)",
-                                  family=op_family(n.op), params=n_par, tooltip=_clean(tip[:2000]))
-            preds[n.index] = vis_in
-    for j, (name, src, _) in enumerate(outs):
-        key = ("out", j)
-        boxes[key] = _Box(key, "output", label=_clean(name) or "(unnamed)",
-                          sub=f"output {j + 1} of {len(outs)}" if len(outs) > 1 else "output", family="output",
-                          tooltip=f"output {_clean(name)}")
-        preds[key] = [src]
-    order = list(boxes)  # file order, outputs last
-
-    # widths
-    for b in boxes.values():
-        tw = max(_text_w(b.label, _LABEL), _text_w(b.sub, _NAME))
-        extra = 8 * min(b.params, 6) + 6 if b.params else 0
-        b.w = float(2 * math.ceil(min(_MAX_BOX, max(_MIN_BOX, tw + 2 * _PAD_X + extra)) / 2))
-
-    # layers: longest path from the inputs; operators without inputs sit just above their first consumer
-    succs: Dict[object, List[object]] = {k: [] for k in boxes}
-    for k, ps in preds.items():
-        for p in ps:
-            succs[p].append(k)
-    layer = {}
-    for k in order:
-        layer[k] = max((layer[p] + 1 for p in preds[k]), default=0)
-    for k in reversed(order):
-        b = boxes[k]
-        if b.kind == "op" and not preds[k] and succs[k]:
-            layer[k] = max(layer[k], min(layer[s] for s in succs[k]) - 1)
+    measure = _vis._measurer()
+    pinfo = _read_params(graph, params)
+    boxes, preds, (inputs, param_vars, outs, folded) = _drawn_nodes(
+        graph, set(pinfo[0]) if pinfo and pinfo[0] else set(), measure)
+    layer = _layers(boxes, preds)
     n_layers = max(layer.values()) + 1
+    hops = _hops(boxes, preds, layer)
+    layers, up = _order(list(boxes), layer, hops)
 
-    # long edges go through lane points, one lane per source shared by all its long edges
-    lane_keys = set()
-    segs = []  # (a, b, port, ports)
-    for k in order:
-        ps = preds[k]
-        for port, p in enumerate(ps):
-            a = p
-            for lay in range(layer[p] + 1, layer[k]):
-                d = ("lane", p, lay)
-                if d not in lane_keys:  # the lane exists already when an earlier edge of p passed here
-                    lane_keys.add(d)
-                    segs.append((a, d, 0, 1))
-                a = d
-            segs.append((a, k, port, len(ps)))
-            if len(lane_keys) > MAX_LANE_POINTS:
-                raise InvalidInputError("the graph has too many long edges to draw legibly")
-    for d in lane_keys:
-        boxes[d] = _Box(d, "lane", w=0.0)
-        layer[d] = d[2]
+    def width(k):
+        return boxes[k].w if k in boxes else 0.0
 
-    layers = [[] for _ in range(n_layers)]
-    rank = {k: i for i, k in enumerate(order)}
-    for k in sorted(boxes, key=lambda k: (rank[k[1]] + 0.5 if isinstance(k, tuple) and k[0] == "lane"
-                                          else rank[k])):
-        layers[layer[k]].append(k)
-    up: Dict[object, List[object]] = {k: [] for k in boxes}
-    down: Dict[object, List[object]] = {k: [] for k in boxes}
-    for a, b, _, _ in segs:
-        up[b].append(a)
-        down[a].append(b)
-
-    seg_port = {(a, b): (port, ports) for a, b, port, ports in segs}
-
-    # order within layers: barycentre sweeps, keep the order with the fewest crossings
-    def crossings(lays):
-        pos = {k: i for lay in lays for i, k in enumerate(lay)}
-        total = 0
-        by_layer = {}
-        for a, b, port, ports in segs:
-            by_layer.setdefault(layer[a], []).append((pos[a], pos[b] + port / (ports + 1)))
-        for pairs in by_layer.values():
-            pairs.sort()
-            total += _inversions([q for _, q in pairs])[0]
-        return total
-
-    best = [list(lay) for lay in layers]
-    best_c = crossings(best)
-    cur = [list(lay) for lay in layers]
-    for it in range(8):
-        rng = range(1, n_layers) if it % 2 == 0 else range(n_layers - 2, -1, -1)
-        for li in rng:
-            ref = cur[li - 1] if it % 2 == 0 else cur[li + 1]
-            pos = {k: i for i, k in enumerate(ref)}
-            own = {k: i for i, k in enumerate(cur[li])}
-            nb = up if it % 2 == 0 else down
-
-            def key(k):
-                if it % 2 == 0:
-                    ns = [pos[n] for n in nb[k] if n in pos]
-                else:
-                    ns = [pos[n] + (seg_port[(k, n)][0] + 1) / (seg_port[(k, n)][1] + 1) for n in nb[k] if n in pos]
-                return (sum(ns) / len(ns) if ns else own[k] * len(ref) / max(1, len(cur[li])), own[k])
-
-            cur[li].sort(key=key)
-        c = crossings(cur)
-        if c < best_c:
-            best, best_c = [list(lay) for lay in cur], c
-    layers = best
-
-    # then swap neighbours while that removes crossings (ports count: the left input should come from the left)
-    pos = {k: i for lay in layers for i, k in enumerate(lay)}
-
-    def pair_crossings(u, v):
-        """Crossings between the edges of u and of v when u is left of v."""
-        c = 0
-        for pu in up[u]:
-            c += sum(1 for pv in up[v] if pos[pu] > pos[pv])
-        for su in down[u]:
-            eu = pos[su] + (seg_port[(u, su)][0] + 1) / (seg_port[(u, su)][1] + 1)
-            for sv in down[v]:
-                c += eu > pos[sv] + (seg_port[(v, sv)][0] + 1) / (seg_port[(v, sv)][1] + 1)
-        return c
-
-    for _ in range(8):
-        changed = False
-        for lay in layers:
-            for i in range(len(lay) - 1):
-                u, v = lay[i], lay[i + 1]
-                if pair_crossings(u, v) > pair_crossings(v, u):
-                    lay[i], lay[i + 1] = v, u
-                    pos[u], pos[v] = i + 1, i
-                    changed = True
-        if not changed:
-            break
-
-    # x: start packed, then pull each node towards its neighbours (weighted; lanes stay straight)
-    def sep(a, b):
-        ba, bb = boxes[a], boxes[b]
-        gap = _HGAP if ba.kind != "lane" and bb.kind != "lane" else _LANE_SEP
-        if ba.kind == "lane" and bb.kind == "lane":
-            gap = _LANE
-        return (ba.w + bb.w) / 2 + gap
-
-    x = {}
-    for lay in layers:
-        cx = 0.0
-        for i, k in enumerate(lay):
-            if i:
-                cx += sep(lay[i - 1], k)
-            x[k] = cx
-
-    def weight(a, b):
-        la, lb = boxes[a].kind == "lane", boxes[b].kind == "lane"
-        return 8.0 if la and lb else 2.0 if la or lb else 1.0
-
-    def port_x(b, port, ports):
-        return x[b] - boxes[b].w / 2 + boxes[b].w * (port + 1) / (ports + 1) if boxes[b].kind != "lane" else x[b]
-
-    for it in range(24 if len(boxes) < 1000 else 8):
-        forward = it % 2 == 0
-        rng = range(n_layers) if forward else range(n_layers - 1, -1, -1)
-        for li in rng:
-            lay = layers[li]
-            desired, ws = [], []
-            for k in lay:
-                tot, wsum = 0.0, 0.0
-                for p in up[k]:
-                    port, ports = seg_port[(p, k)]
-                    w = weight(p, k) * (1.5 if forward else 1.0)
-                    tot += w * (x[p] - (port_x(k, port, ports) - x[k]))
-                    wsum += w
-                for s in down[k]:
-                    port, ports = seg_port[(k, s)]
-                    w = weight(k, s) * (1.0 if forward else 1.5)
-                    tot += w * port_x(s, port, ports)
-                    wsum += w
-                desired.append(tot / wsum if wsum else x[k])
-                ws.append(wsum if wsum else 0.1)
-            seps = [sep(lay[i], lay[i + 1]) for i in range(len(lay) - 1)]
-            for k, v in zip(lay, _pav(desired, ws, seps)):
-                x[k] = v
-
-    # straighten each lane (a long edge) where its neighbours leave room: one x for the whole lane
-    pos = {k: i for lay in layers for i, k in enumerate(lay)}
-    chains: Dict[object, List[object]] = {}
-    for d in sorted(lane_keys, key=lambda d: d[2]):
-        chains.setdefault(d[1], []).append(d)
-    for chain in chains.values():
-        if len(chain) < 2:
-            continue
-
-        def fits(v):
-            for d in chain:
-                lay, i = layers[layer[d]], pos[d]
-                if i > 0 and v - x[lay[i - 1]] < sep(lay[i - 1], d) - 1e-6:
-                    return False
-                if i + 1 < len(lay) and x[lay[i + 1]] - v < sep(d, lay[i + 1]) - 1e-6:
-                    return False
-            return True
-
-        xs = sorted(x[d] for d in chain)
-        for v in sorted(set(xs), key=lambda v: abs(v - xs[len(xs) // 2])):
-            if fits(v):
-                for d in chain:
-                    x[d] = v
-                break
-
-    # columns
-    cross = [0] * (n_layers + 1)
-    for a, b, _, _ in segs:
-        cross[layer[b]] += 1 if layer[b] == layer[a] + 1 else 0
-    cross_by_cut = {}
-    box_h = _box_h()
-    pitch = box_h + _VGAP
-
-    def extent(li):
-        lay = layers[li]
-        return (min(x[k] - boxes[k].w / 2 for k in lay), max(x[k] + boxes[k].w / 2 for k in lay)) if lay \
-            else (0.0, 0.0)
-
-    ext = [extent(li) for li in range(n_layers)]
-
-    def columns_for(k):
-        runs = _partition(n_layers, cross, k)
-        widths = [max(ext[li][1] for li in range(a, b)) - min(ext[li][0] for li in range(a, b)) for a, b in runs]
-        lanes = max([cross[a] for a, _ in runs[1:]] + [0])
-        w = sum(widths) + (len(runs) - 1) * (_GUTTER + _LANE * lanes)
-        h = max(b - a for a, b in runs) * pitch + 2 * lanes * _LANE
-        return runs, w, h
-
-    if n_layers <= _MAX_ROWS_ONE_COLUMN:
-        runs = [(0, n_layers)]
-    else:
-        options = []
-        for k in range(1, min(n_layers // 4, 60) + 1):
-            runs_k, w, h = columns_for(k)
-            options.append((abs(math.log(max(w, 1.0) / max(h, 1.0) / _ASPECT)), k, runs_k))
-        runs = min(options)[2]
-    for ci, (a, b) in enumerate(runs):
-        for li in range(a, b):
-            for k in layers[li]:
-                boxes[k].col = ci
-    for ci, (a, _) in enumerate(runs[1:], 1):
-        cross_by_cut[ci] = [s for s in segs if layer[s[1]] == a and layer[s[0]] == a - 1]
-    max_lanes = max([len(v) for v in cross_by_cut.values()] + [0])
-
-    # header
+    x = _positions(layers, up, width)
+    runs, ext = _columns(layers, x, width, hops, layer)
     n_ops = sum(1 for b in boxes.values() if b.kind == "op")
+    head_title, head = _header(graph, title, pinfo, n_ops, n_layers, [graph.nodes[i].name for i in sorted(inputs)],
+                               [o[0] for o in outs], len(param_vars), len(folded))
     col_w = [max(ext[li][1] for li in range(a, b)) - min(ext[li][0] for li in range(a, b)) for a, b in runs]
-    gutter = _GUTTER + _LANE * max(max_lanes - 1, 0)
-    graph_w = sum(col_w) + (len(runs) - 1) * gutter
-    head_title, head_lines = _header(graph, title, pinfo, n_ops, n_layers,
-                                     [graph.nodes[i].name for i in sorted(inputs)], [o[0] for o in outs],
-                                     len(param_vars), len(folded))
-    width = int(math.ceil(max(graph_w, 640) + 2 * _MARGIN))
-    text_w = width - 2 * _MARGIN
-    items = []
-    y = 14
-    items.append(("text", _MARGIN, y, _fit(head_title, _TITLE, text_w), _TITLE, _vis._INK, "left"))
-    y += _line_h(_TITLE) + 6
-    for line in head_lines:
-        for wl in _wrap(line, _SUB, text_w):
-            items.append(("text", _MARGIN, y, wl, _SUB, _vis._MUTED, "left"))
-            y += _line_h(_SUB) + 2
-    y += 8
-    # legend: families present, then the input/output/parameter markers
-    present = [f for f in _FAMILY_STYLE if any(b.kind == "op" and b.family == f for b in boxes.values())]
-    legend = [("swatch", f, _FAMILY_STYLE[f][0]) for f in present]
-    legend += [("pill", "input", "input"), ("pill", "output", "output")]
-    if param_vars:
-        legend.append(("dot", "", "parameter array"))
-    lx, lh = _MARGIN, max(_line_h(_SUB), 14)
-    for kind, fam, text in legend:
-        w = 24 + 6 + _text_w(text, _SUB) + 18
-        if lx + w > width - _MARGIN and lx > _MARGIN:
-            lx, y = _MARGIN, y + lh + 6
-        if kind == "swatch":
-            _, fill, edge = _FAMILY_STYLE[fam]
-            items.append(("rect", (lx, y + 1, lx + 24, y + lh - 1), 4, fill, edge, 1.5, fam == "unknown"))
-        elif kind == "pill":
-            items.append(("rect", (lx, y + 1, lx + 24, y + lh - 1), (lh - 2) / 2,
-                          _INPUT_FILL if fam == "input" else _OUTPUT_FILL, None, 0, False))
-        else:
-            items.append(("dot", lx + 12, y + lh / 2, 3.2, (60, 60, 60), "legend"))
-        items.append(("text", lx + 30, y + (lh - _line_h(_SUB)) / 2, text, _SUB, _vis._INK, "left"))
-        lx += w
-    y += lh + 10
     if len(runs) > 1:
-        note = f"Read the {len(runs)} columns left to right; a line leaving the bottom of a column continues " \
-               "at the top of the next."
-        for wl in _wrap(note, _SUB, text_w):
-            items.append(("text", _MARGIN, y, wl, _SUB, _vis._MUTED, "left"))
-            y += _line_h(_SUB) + 2
-        y += 4
-    top = y + 12 + max_lanes * _LANE
+        head.append(f"Read the {len(runs)} columns left to right; a line leaving the bottom of a column "
+                    "continues at the top of the next.")
+    pos, col_box, max_lanes = {}, {}, 0
+    for _ in range(2):   # the second pass knows how many lanes the gutters and the top need
+        gutter = _GUTTER + _LANE * max(max_lanes - 1, 0)
+        graph_w = sum(col_w) + (len(runs) - 1) * gutter
+        width_px = int(math.ceil(max(graph_w, 640) + 2 * _vis._MARGIN))
+        text_w = width_px - 2 * _vis._MARGIN
+        lines = [w for line in head for w in _vis._wrap(line, text_w, _vis._SMALL)]
+        legend, ncol = _legend(boxes, len(param_vars), measure, text_w)
+        legend_y = 14 + _vis._LINE[_vis._TITLE] + 4 + len(lines) * _vis._LINE[_vis._SMALL] + 8
+        top = legend_y + -(-len(legend) // ncol) * 21 + 18 + max_lanes * _LANE
+        left = _vis._MARGIN + max(0.0, (text_w - graph_w) / 2)
+        for ci, (a, b) in enumerate(runs):
+            xmin = min(ext[li][0] for li in range(a, b))
+            for li in range(a, b):
+                for k in layers[li]:
+                    pos[k] = (float(round(x[k] - xmin + left)), top + (li - a) * (_BOX_H + _VGAP), ci)
+            col_box[ci] = (left, top + (b - a) * (_BOX_H + _VGAP) - _VGAP, left + col_w[ci])
+            left += col_w[ci] + gutter
+        paths, max_lanes = _edge_paths(hops, boxes, pos, col_box, top)
+    for k, b in boxes.items():
+        b.x, b.y, b.col, b.layer = pos[k][0], pos[k][1], pos[k][2], layer[k]
+    bottom = max(c[1] for c in col_box.values()) + (12 + max_lanes * _LANE if max_lanes else 0)
+    notes = ["Operators not known to capszoo (red, drawn as they are): " + ", ".join(map(_clean, graph.unknown_ops))] \
+        if graph.unknown_ops else []
+    notes = [w for line in notes for w in _vis._wrap(line, text_w, _vis._SMALL)][:6]
+    height = int(math.ceil(bottom + 14 + len(notes) * _vis._LINE[_vis._SMALL] + _vis._MARGIN))
+    return GraphLayout(size=(width_px, height), boxes=tuple(boxes.values()), edges=tuple(paths), num_ops=n_ops,
+                       num_layers=n_layers, columns=len(runs), title=head_title, header=tuple(lines), legend=legend,
+                       legend_y=legend_y, legend_columns=ncol, notes=tuple(notes))
 
-    # place columns
-    left = _MARGIN + max(0.0, (text_w - graph_w) / 2) if graph_w < text_w else _MARGIN
-    col_left = []
-    for ci, (a, b) in enumerate(runs):
-        xmin = min(ext[li][0] for li in range(a, b))
-        col_left.append(left)
-        for li in range(a, b):
-            for k in layers[li]:
-                boxes[k].x = float(round(x[k] - xmin + left))
-                boxes[k].y = top + (li - a) * pitch
-                boxes[k].layer = li
-        left += col_w[ci] + gutter
-    rows = max(b - a for a, b in runs)
-    graph_bottom = top + rows * pitch - _VGAP
-    bottom = graph_bottom + (12 + max_lanes * _LANE if max_lanes else 0)
 
-    # edges
-    ecol = _EDGE
-    ew = 1.4
+# -- drawing -------------------------------------------------------------------------------------
+def _fit(text, size, width, measure):
+    """``text`` shortened with an ellipsis until it fits ``width`` px."""
+    if measure(text, size) <= width:
+        return text
+    while text and measure(text + "\u2026", size) > width:
+        text = text[:-1]
+    return text + "\u2026"
 
-    def start_pt(a):
-        b = boxes[a]
-        return (b.x, b.y + box_h)
 
-    def end_pt(bk, port, ports):
-        b = boxes[bk]
-        if b.kind == "lane":
-            return (b.x, b.y)
-        return (b.x - b.w / 2 + b.w * (port + 1) / (ports + 1), b.y)
+def _draw_box(ax, b, measure):
+    from matplotlib.patches import FancyBboxPatch
 
-    def arrow(p_end, p_from):
-        return ("arrow", _arrow_head(p_from[0], p_from[1], p_end[0], p_end[1], 7), ecol)
+    x0, h = b.x - b.w / 2, _BOX_H
+    if b.kind == "op":
+        _, fill, edge = (_vis._hex(c) if not isinstance(c, str) else c for c in _FAMILY_STYLE[b.family])
+        ax.add_patch(FancyBboxPatch((x0, b.y), b.w, h, boxstyle="round,pad=0,rounding_size=7", facecolor=fill,
+                                    edgecolor=edge, lw=1.4, ls="--" if b.family == "unknown" else "-",
+                                    gid=f"op-{b.key}"))
+        dots = min(b.params, 6)
+        label = _fit(b.label, _LABEL, b.w - 2 * _PAD - (8 * dots + 6 if dots else 0), measure)
+        ax.text(x0 + _PAD, b.y + 7, label, fontsize=_LABEL, va="top", color=_vis._INK)
+        ax.text(x0 + _PAD, b.y + 25, _fit(b.sub, _NAME, b.w - 2 * _PAD, measure), fontsize=_NAME, va="top",
+                color=_vis._MUTED)
+        if dots:
+            ax.plot([x0 + b.w - _PAD - 3 - 8 * j for j in range(dots)], [b.y + 14] * dots, "o", ms=4.5, color=edge,
+                    ls="none", gid=f"params-{b.key}")
+        return
+    fill = _vis._hex(_INPUT_FILL if b.kind == "input" else _OUTPUT_FILL)
+    key = b.key if b.kind == "input" else b.key[1]
+    ax.add_patch(FancyBboxPatch((x0, b.y), b.w, h, boxstyle=f"round,pad=0,rounding_size={h / 2}", facecolor=fill,
+                                edgecolor="none", gid=f"{b.kind}-{key}"))
+    ax.text(b.x, b.y + 7, _fit(b.label, _LABEL, b.w - 2 * _PAD, measure), fontsize=_LABEL, va="top", ha="center",
+            color="white")
+    ax.text(b.x, b.y + 25, _fit(b.sub, _NAME, b.w - 2 * _PAD, measure), fontsize=_NAME, va="top", ha="center",
+            color="#e1ebe4" if b.kind == "input" else "#f5ded7")
 
-    edge_items = []
-    for d in lane_keys:
-        b = boxes[d]
-        edge_items.append(("line", [(b.x, b.y), (b.x, b.y + box_h)], ecol, ew))
-    cut_lanes = {}
-    for ci, segl in cross_by_cut.items():
-        ordered = sorted(segl, key=lambda s: (boxes[s[0]].x, end_pt(s[1], s[2], s[3])[0]))
-        for i, s in enumerate(ordered):
-            cut_lanes[(s[0], s[1], s[2])] = (ci, i, len(ordered))
-    for a, b, port, ports in segs:
-        p0 = start_pt(a)
-        p3 = end_pt(b, port, ports)
-        real_end = boxes[b].kind != "lane"
-        lane = cut_lanes.get((a, b, port))
-        if lane is None:
-            dy = (p3[1] - p0[1]) / 2
-            tip = (p3[0], p3[1] - 1) if real_end else p3
-            if abs(tip[0] - p0[0]) < 1.5:  # straight down
-                edge_items.append(("line", [(tip[0], p0[1]), tip], ecol, ew))
-            else:
-                edge_items.append(("curve", p0, (p0[0], p0[1] + dy), (tip[0], tip[1] - dy), tip, ecol, ew))
-            if real_end:
-                edge_items.append(arrow((p3[0], p3[1]), (p3[0], p3[1] - 10)))
-            continue
-        ci, i, kk = lane
-        col_a = boxes[a].col
-        a0, b0 = runs[col_a]
-        y_low = top + (b0 - a0 - 1) * pitch + box_h + 12 + _LANE * (kk - 1 - i)
-        gx = col_left[col_a] + col_w[col_a] + _GUTTER / 2 + _LANE * (kk - 1 - i)
-        y_high = top - 12 - _LANE * i
-        pts = [p0, (p0[0], y_low), (gx, y_low), (gx, y_high), (p3[0], y_high), p3]
-        edge_items.append(("line", pts, ecol, ew))
-        if real_end:
-            edge_items.append(arrow(p3, (p3[0], p3[1] - 10)))
-    items.extend(edge_items)
 
-    # boxes
-    for k in order:
-        b = boxes[k]
-        x0, y0 = b.x - b.w / 2, b.y
-        box = (x0, y0, x0 + b.w, y0 + box_h)
-        if b.kind == "op":
-            _, fill, edge = _FAMILY_STYLE[b.family]
-            items.append(("group", "op", {"data-op": graph.nodes[k].op, "data-name": _clean(graph.nodes[k].name),
-                                          "title": b.tooltip}))
-            items.append(("rect", box, 7, fill, edge, 1.6, b.family == "unknown"))
-            tc, sc = _vis._INK, _vis._MUTED
-            inner = b.w - 2 * _PAD_X - (8 * min(b.params, 6) + 6 if b.params else 0)
-            label = _fit(b.label, _LABEL, inner)
-            sub = _fit(b.sub, _NAME, b.w - 2 * _PAD_X)
-            for j in range(min(b.params, 6)):
-                items.append(("dot", x0 + b.w - _PAD_X - 3 - 8 * j, y0 + _PAD_Y + _line_h(_LABEL) / 2, 3.2, edge,
-                              "param"))
+def _legend_handles(layout):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    for kind, fam in layout.legend:
+        if kind == "family":
+            _, fill, edge = _FAMILY_STYLE[fam]
+            handles.append(Patch(facecolor=_vis._hex(fill), edgecolor=_vis._hex(edge),
+                                 ls="--" if fam == "unknown" else "-", label=_legend_text((kind, fam))))
+        elif kind == "param":
+            handles.append(Line2D([], [], marker="o", ls="none", ms=4.5, color="#3c3c3c", label="parameter array"))
         else:
-            fill = _INPUT_FILL if b.kind == "input" else _OUTPUT_FILL
-            items.append(("group", b.kind, {"data-name": b.label, "title": b.tooltip}))
-            items.append(("rect", box, box_h / 2, fill, None, 0, False))
-            tc, sc = (255, 255, 255), (225, 235, 228) if b.kind == "input" else (245, 222, 215)
-            label = _fit(b.label, _LABEL, b.w - 2 * _PAD_X)
-            sub = _fit(b.sub, _NAME, b.w - 2 * _PAD_X)
-        ty = y0 + _PAD_Y
-        if b.kind == "op":
-            items.append(("text", x0 + _PAD_X, ty, label, _LABEL, tc, "left"))
-            items.append(("text", x0 + _PAD_X, ty + _line_h(_LABEL) + 2, sub, _NAME, sc, "left"))
-        else:
-            items.append(("text", b.x, ty, label, _LABEL, tc, "center"))
-            items.append(("text", b.x, ty + _line_h(_LABEL) + 2, sub, _NAME, sc, "center"))
-        items.append(("end",))
-
-    # notes under the graph
-    y = bottom + 14
-    unknown = graph.unknown_ops
-    notes = []
-    if unknown:
-        notes.append("Operators not known to capszoo (red, drawn as they are): "
-                     + ", ".join(_clean(u) for u in unknown))
-    for note in notes:
-        for wl in _wrap(note, _SUB, text_w)[:6]:
-            items.append(("text", _MARGIN, y, wl, _SUB, (150, 30, 30), "left"))
-            y += _line_h(_SUB) + 2
-    height = int(math.ceil(y + _MARGIN - (0 if notes else 14)))
-    drawn = tuple(b for b in boxes.values() if b.kind != "lane")
-    return GraphLayout(size=(width, height), items=tuple(items), num_ops=n_ops, num_layers=n_layers,
-                       columns=len(runs), title=head_title, boxes=drawn)
+            handles.append(Patch(color=_vis._hex(_INPUT_FILL if kind == "input" else _OUTPUT_FILL), label=kind))
+    return handles
 
 
-# -- rendering -----------------------------------------------------------------------------------
-def _bezier(p0, p1, p2, p3, n=18):
-    pts = []
-    for i in range(n + 1):
-        t = i / n
-        u = 1 - t
-        pts.append((u ** 3 * p0[0] + 3 * u * u * t * p1[0] + 3 * u * t * t * p2[0] + t ** 3 * p3[0],
-                    u ** 3 * p0[1] + 3 * u * u * t * p1[1] + 3 * u * t * t * p2[1] + t ** 3 * p3[1]))
-    return pts
+@_vis._drawing
+def graph_figure(graph, *, title=None, params="auto", layout=None):
+    """The node graph of ``graph`` as a matplotlib Figure (see :func:`graph_layout`)."""
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path
 
-
-def _dashed_rect(draw, box, colour, width, dash=6):
-    x0, y0, x1, y1 = box
-    for (ax, ay, bx, by) in ((x0, y0, x1, y0), (x1, y0, x1, y1), (x1, y1, x0, y1), (x0, y1, x0, y0)):
-        length = math.hypot(bx - ax, by - ay)
-        steps = max(1, int(length // (2 * dash)))
-        for i in range(steps + 1):
-            t0, t1 = (2 * i * dash) / length, min(1.0, (2 * i + 1) * dash / length)
-            if t0 >= 1:
-                break
-            draw.line((ax + (bx - ax) * t0, ay + (by - ay) * t0, ax + (bx - ax) * t1, ay + (by - ay) * t1),
-                      fill=colour, width=width)
-
-
-def graph_image(graph, *, title=None, params="auto", layout=None):
-    """The node graph of ``graph`` as a PIL image (RGB); see :func:`graph_layout`."""
     lay = layout or graph_layout(graph, title=title, params=params)
+    measure = _vis._measurer()
     w, h = lay.size
-    if w * h > MAX_PNG_PIXELS:
-        raise InvalidInputError(f"the drawing would be {w} x {h} pixels, too large for a PNG; write .svg instead")
-    s = 2 if w * h <= 16_000_000 else 1  # draw at twice the size and shrink: smooth lines and curves
-    canvas = Image.new("RGB", (w * s, h * s), _vis._WHITE)
-    draw = ImageDraw.Draw(canvas)
-
-    def S(p):
-        return (p[0] * s, p[1] * s)
-
-    for it in lay.items:
-        kind = it[0]
-        if kind == "rect":
-            _, box, radius, fill, outline, width, dashed = it
-            bx = [round(v * s) for v in box]
-            if dashed:
-                draw.rounded_rectangle(bx, radius=radius * s, fill=fill)
-                _dashed_rect(draw, bx, outline, max(1, round(width * s)), 5 * s)
-            else:
-                draw.rounded_rectangle(bx, radius=radius * s, fill=fill, outline=outline,
-                                       width=max(1, round(width * s)) if outline else 0)
-        elif kind == "line":
-            draw.line([S(p) for p in it[1]], fill=it[2], width=max(1, round(it[3] * s)), joint="curve")
-        elif kind == "curve":
-            draw.line([S(p) for p in _bezier(*it[1:5])], fill=it[5], width=max(1, round(it[6] * s)), joint="curve")
-        elif kind == "arrow":
-            draw.polygon([S(p) for p in it[1]], fill=it[2])
-        elif kind == "dot":
-            _, cx, cy, r, colour, _ = it
-            draw.ellipse((s * (cx - r), s * (cy - r), s * (cx + r), s * (cy + r)), fill=colour)
-        elif kind == "text":
-            _, tx, ty, text, size, colour, align = it
-            _text(draw, tx * s, ty * s, text, size * s, colour, align)
-    if s != 1:
-        canvas = canvas.resize((w, h), Image.LANCZOS)
-    return canvas
-
-
-def _attr(v):
-    return escape(_clean(v), {'"': "&quot;"})
-
-
-def graph_svg(graph, *, title=None, params="auto", layout=None):
-    """The node graph of ``graph`` as an SVG document (a string); one ``<g class="op">`` per operator box."""
-    lay = layout or graph_layout(graph, title=title, params=params)
-    w, h = lay.size
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'font-family="Aileron, Helvetica, Arial, sans-serif">',
-           f"<title>{escape(_clean(lay.title))}</title>",
-           f'<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>']
-
-    def f(v):
-        return f"{v:.1f}".rstrip("0").rstrip(".")
-
-    for it in lay.items:
-        kind = it[0]
-        if kind == "group":
-            _, cls, attrs = it
-            extra = "".join(f' {k}="{_attr(v)}"' for k, v in attrs.items() if k != "title")
-            out.append(f'<g class="{cls}"{extra}>')
-            if attrs.get("title"):
-                out.append(f"<title>{escape(_clean(attrs['title']))}</title>")
-        elif kind == "end":
-            out.append("</g>")
-        elif kind == "rect":
-            _, (x0, y0, x1, y1), radius, fill, outline, width, dashed = it
-            stroke = f' stroke="{_hex(outline)}" stroke-width="{f(width)}"' if outline else ""
-            if dashed:
-                stroke += ' stroke-dasharray="5 4"'
-            out.append(f'<rect x="{f(x0)}" y="{f(y0)}" width="{f(x1 - x0)}" height="{f(y1 - y0)}" '
-                       f'rx="{f(radius)}" fill="{_hex(fill)}"{stroke}/>')
-        elif kind == "line":
-            pts = " ".join(f"{f(px)},{f(py)}" for px, py in it[1])
-            out.append(f'<polyline points="{pts}" fill="none" stroke="{_hex(it[2])}" stroke-width="{f(it[3])}" '
-                       f'stroke-linejoin="round"/>')
-        elif kind == "curve":
-            p0, p1, p2, p3, colour, width = it[1:]
-            out.append(f'<path d="M{f(p0[0])},{f(p0[1])} C{f(p1[0])},{f(p1[1])} {f(p2[0])},{f(p2[1])} '
-                       f'{f(p3[0])},{f(p3[1])}" fill="none" stroke="{_hex(colour)}" stroke-width="{f(width)}"/>')
-        elif kind == "arrow":
-            pts = " ".join(f"{f(px)},{f(py)}" for px, py in it[1])
-            out.append(f'<polygon points="{pts}" fill="{_hex(it[2])}"/>')
-        elif kind == "dot":
-            _, cx, cy, r, colour, cls = it
-            out.append(f'<circle class="{cls}" cx="{f(cx)}" cy="{f(cy)}" r="{f(r)}" fill="{_hex(colour)}"/>')
-        elif kind == "text":
-            _, tx, ty, text, size, colour, align = it
-            anchor = {"left": "start", "center": "middle", "right": "end"}[align]
-            out.append(f'<text x="{f(tx)}" y="{f(ty + _vis._ascent(size))}" font-size="{size}" '
-                       f'fill="{_hex(colour)}" text-anchor="{anchor}" textLength="{_text_w(text, size)}" '
-                       f'lengthAdjust="spacingAndGlyphs">{escape(text)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    fig = _vis._figure(w, h)
+    _vis._text(fig, _vis._MARGIN, 14, _fit(lay.title, _vis._TITLE, w - 2 * _vis._MARGIN, measure), _vis._TITLE)
+    _vis._paragraph(fig, 14 + _vis._LINE[_vis._TITLE] + 4, lay.header)
+    fig.legend(handles=_legend_handles(lay), loc="upper left", ncol=lay.legend_columns, frameon=False,
+               bbox_to_anchor=(_vis._MARGIN / w, 1 - lay.legend_y / h), borderaxespad=0, borderpad=0,
+               handlelength=1.8, columnspacing=1.5, fontsize=_vis._SMALL)
+    ax = _vis._axes(fig, 0, 0, w, h)
+    ax.set(xlim=(0, w), ylim=(h, 0))
+    ax.set_axis_off()
+    edge = _vis._hex(_EDGE)
+    for verts, codes, arrow in lay.edges:
+        ax.add_patch(FancyArrowPatch(path=Path(verts, codes), arrowstyle="-|>" if arrow else "-", mutation_scale=11,
+                                     lw=1.2, color=edge, zorder=1))
+    for b in lay.boxes:
+        _draw_box(ax, b, measure)
+    y = h - _vis._MARGIN - len(lay.notes) * _vis._LINE[_vis._SMALL]
+    _vis._paragraph(fig, y, lay.notes, color="#962020")
+    return fig
 
 
 def check_graph_output(path):
-    """Check an output path before any work: .svg or .png, in a folder that can be written.  Returns "SVG"/"PNG".
+    """Check an output path before any work: .svg or .png, in a folder that can be written, and matplotlib
+    installed.  Returns "SVG" or "PNG".
 
-    Raises InvalidInputError (another extension) or ExportError (the path cannot be written).
+    Raises InvalidInputError (another extension) or ExportError (the path cannot be written; no matplotlib).
     """
     p = os.fspath(path)
     ext = os.path.splitext(p)[1].lower()
@@ -1431,20 +1088,16 @@ def check_graph_output(path):
 def save_graph(graph, path, *, title=None, params="auto"):
     """Draw ``graph`` (a :class:`Graph` or a symbol file) into ``path`` (.svg or .png), atomically.
 
-    Returns the :class:`GraphLayout` drawn (its ``size`` and ``num_ops``).
+    Returns the :class:`GraphLayout` drawn (its ``size``, ``num_ops`` and ``columns``).
     Raises InvalidInputError (extension, graph too large), ExportError (path
-    cannot be written) or GraphFormatError (a bad symbol file).
+    cannot be written, no matplotlib) or GraphFormatError (a bad symbol file).
     """
     fmt = check_graph_output(path)
     if not isinstance(graph, Graph):
         graph = load_symbol_graph(graph)
     lay = graph_layout(graph, title=title, params=params)
-    if fmt == "PNG":
-        _vis.save_image(graph_image(graph, layout=lay), path)
-        return lay
-    data = graph_svg(graph, layout=lay).encode("utf-8")
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise ExportError(f"cannot write {os.fspath(path)!r}: {_vis._os_reason(exc)}") from None
+    if fmt == "PNG" and lay.size[0] * lay.size[1] > MAX_PNG_PIXELS:
+        raise InvalidInputError(f"the drawing would be {lay.size[0]} x {lay.size[1]} pixels, too large for a PNG; "
+                                "write .svg instead")
+    _vis.save_image(graph_figure(graph, layout=lay), path)
     return lay

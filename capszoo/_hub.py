@@ -7,9 +7,16 @@ for).  It looks, in order, at
 1. ``path``, when the caller gives one (used as is: it may be fine-tuned weights);
 2. the Hugging Face Hub cache (``cache_dir``, else ``HF_HUB_CACHE``, else
    ``$HF_HOME/hub``), without any network access;
-3. the copy bundled in ``capszoo/pretrained`` when the card says one ships;
+3. the copy bundled in ``capszoo/pretrained`` when the card says one ships, or, for
+   the other entries, the copy in ``weights/`` of a source checkout (an editable
+   install of a clone of the repository loads every entry offline);
 4. the Hub itself, through :func:`huggingface_hub.hf_hub_download`, unless
    ``HF_HUB_OFFLINE`` is on.
+
+When the entry's manifest records a ``capszoo push`` to the card's repository and
+revision (its ``"hub"`` record), the ``model.safetensors`` pushed with the weights is
+an alternative in 2 and 4: used when the revision holds it but not ``filename``, and
+checked against the sha256 in that record.
 
 Every copy from 2-4 is checked against the card's sha256 before it is returned
 (huggingface_hub only checks the size); a cached or downloaded copy that fails
@@ -41,7 +48,7 @@ from typing import List, Optional
 from .errors import CacheError, InvalidInputError, WeightsIntegrityError, WeightsNotAvailableError
 from ._weights import sha256_file
 
-__all__ = ["resolve_weights", "bundled_dir", "hub_cache_dir", "hub_endpoint", "hub_offline"]
+__all__ = ["resolve_weights", "bundled_dir", "checkout_weights_dir", "hub_cache_dir", "hub_endpoint", "hub_offline"]
 
 #: The Hub used when ``HF_ENDPOINT`` is not set.
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -69,6 +76,15 @@ def bundled_dir() -> pathlib.Path:
         return pathlib.Path(str(files("capszoo.pretrained")))
     except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover - unusual installs
         return pathlib.Path(__file__).resolve().parent / "pretrained"
+
+
+def checkout_weights_dir() -> Optional[pathlib.Path]:
+    """``weights/`` of the source checkout capszoo runs from (an editable install), where the
+    weights of the entries that do not ship inside the package live; None for an installed
+    package.  Tests monkeypatch this function."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    folder = root / "weights"
+    return folder if (root / "pyproject.toml").is_file() and folder.is_dir() else None
 
 
 def hub_cache_dir(cache_dir=None) -> str:
@@ -149,6 +165,9 @@ def _sync_hub_constants():
                         for v in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"))
     if getattr(c, "HF_HUB_DISABLE_TELEMETRY", telemetry_off) != telemetry_off:
         c.HF_HUB_DISABLE_TELEMETRY = telemetry_off
+    xet_off = env.get("HF_HUB_DISABLE_XET", "").strip().upper() in _TRUE
+    if getattr(c, "HF_HUB_DISABLE_XET", xet_off) != xet_off:
+        c.HF_HUB_DISABLE_XET = xet_off  # uploads: plain HTTP (Git LFS) instead of Xet storage
     for name, default in (("HF_HUB_DOWNLOAD_TIMEOUT", "DEFAULT_DOWNLOAD_TIMEOUT"),
                           ("HF_HUB_ETAG_TIMEOUT", "DEFAULT_ETAG_TIMEOUT")):
         if not hasattr(c, name):
@@ -594,6 +613,7 @@ def resolve_weights(card, *, path=None, cache_dir=None, force_download=False, ti
     offline = hub_offline()
     tried: List[str] = []
 
+    alternate = _safetensors_alternate(card, ws)
     if force_download:
         tried.append("cache: skipped (force_download)")
         tried.append("bundled: skipped (force_download)")
@@ -601,6 +621,10 @@ def resolve_weights(card, *, path=None, cache_dir=None, force_download=False, ti
         found = _from_cache(ws, cache=cache, expected=expected, tried=tried)
         if found:
             return found
+        if alternate is not None:
+            found = _from_cache(alternate, cache=cache, expected=alternate.sha256, tried=tried)
+            if found:
+                return found
         found = _from_bundled(ws, expected=expected, tried=tried)
         if found:
             return found
@@ -614,8 +638,34 @@ def resolve_weights(card, *, path=None, cache_dir=None, force_download=False, ti
                      f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE') or os.environ.get('TRANSFORMERS_OFFLINE')})")
         raise _not_available(card, ws, tried, "Offline mode is on: unset HF_HUB_OFFLINE (or set it to 0) "
                                               "to download, or pass path= a local weights file.")
-    return _from_hub(card, ws, cache=cache, expected=expected, force_download=force_download,
+    try:
+        return _from_hub(card, ws, cache=cache, expected=expected, force_download=force_download,
+                         timeout=timeout, tried=tried)
+    except WeightsNotAvailableError as exc:
+        if alternate is None or "404 Entry Not Found" not in str(exc):
+            raise
+    return _from_hub(card, alternate, cache=cache, expected=alternate.sha256, force_download=force_download,
                      timeout=timeout, tried=tried)
+
+
+def _safetensors_alternate(card, ws):
+    """The same weights as ``model.safetensors``, when the entry's manifest records that they were
+    pushed there (``capszoo push``) to the card's repository and revision; else None."""
+    from ._publish import SAFETENSORS_NAME, published_record
+
+    record = published_record(getattr(card, "name", None))
+    if not record or (record.get("repo_id"), record.get("revision")) != (ws.hf_repo_id, ws.hf_revision):
+        return None
+    files = record["files"]
+    mine, alt = files.get(ws.filename), files.get(SAFETENSORS_NAME)
+    if not (isinstance(mine, dict) and isinstance(alt, dict) and mine.get("sha256") == ws.sha256
+            and isinstance(alt.get("sha256"), str) and _SHA256.fullmatch(alt["sha256"])
+            and isinstance(alt.get("size"), int)):
+        return None
+    import dataclasses
+
+    return dataclasses.replace(ws, filename=SAFETENSORS_NAME, sha256=alt["sha256"].lower(), size_bytes=alt["size"],
+                               bundled=False)
 
 
 def _from_cache(ws, *, cache, expected, tried) -> Optional[str]:
@@ -645,10 +695,26 @@ def _from_cache(ws, *, cache, expected, tried) -> Optional[str]:
     return None
 
 
+def _from_checkout(ws, *, expected, tried) -> Optional[str]:
+    folder = checkout_weights_dir()
+    if folder is None:
+        tried.append("bundled: not shipped (weights/ of a source checkout: not running from one)")
+        return None
+    candidate = os.path.join(os.fspath(folder), *ws.filename.split("/"))
+    if not os.path.isfile(candidate):
+        tried.append(f"bundled: not shipped; checkout: not in {folder}")
+        return None
+    actual = _sha_or_none(candidate)
+    if actual != expected:
+        raise WeightsIntegrityError(
+            f"the weights {candidate} in the source checkout have sha256 {actual or 'unreadable'}, expected "
+            f"{expected}: restore the file (git checkout -- weights/{ws.filename}), or pass path= a weights file you trust.")
+    return candidate
+
+
 def _from_bundled(ws, *, expected, tried) -> Optional[str]:
     if not ws.bundled:
-        tried.append("bundled: not shipped")
-        return None
+        return _from_checkout(ws, expected=expected, tried=tried)
     folder = bundled_dir()
     candidate = os.path.join(os.fspath(folder), *ws.filename.split("/"))
     if not os.path.isfile(candidate):

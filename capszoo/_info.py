@@ -58,11 +58,11 @@ def graph_nodes(block, input_shape=(1, 1, 28, 28)):
 
 
 def net_info(net, *, name="", weights_path=None):
-    """Layer and parameter counts of a CapsNet (or any of its slices).
+    """Layer and parameter counts of a zoo net (or any of its slices).
 
     Parameters
     ----------
-    net : CapsNet or NetSlice
+    net : a zoo net or NetSlice
         Need not be initialized: shapes are known from the architecture.
     weights_path : str, optional
         The trained weights file; its size is the trained size.  Without it the
@@ -70,7 +70,7 @@ def net_info(net, *, name="", weights_path=None):
     """
     import os
 
-    from ._slices import STAGE_SHAPES
+    from ._slices import NetSlice, stage_shapes
 
     params = net._collect_params_with_prefix()
     arrays = {}
@@ -82,10 +82,12 @@ def net_info(net, *, name="", weights_path=None):
     total = sum(n for _, n in arrays.values())
     ops = [n["op"] for n in graph_nodes(net) if n["op"] != "null"]
     subnets = []
-    children = getattr(net, "_children", {})
-    for sub_name, block in children.items():
+    names = getattr(net, "stage_names", None) or getattr(net, "subnet_names", None) or tuple(net._children)
+    shapes = net._shapes if isinstance(net, NetSlice) else (
+        stage_shapes(net) if hasattr(net, "subnet_names") else {})
+    for sub_name in names:
         count = sum(n for k, (_, n) in arrays.items() if k.startswith(sub_name + "."))
-        subnets.append((sub_name, STAGE_SHAPES.get(sub_name, ()), count))
+        subnets.append((sub_name, shapes.get(sub_name, ()), count))
     if weights_path is not None and os.path.isfile(weights_path):
         size = os.path.getsize(weights_path)
     else:

@@ -28,8 +28,6 @@ from .errors import InvalidInputError, WeightsFormatError
 
 __all__ = ["OnnxRuntimeNet", "build_runtime_graph", "runtime_graph_bytes", "onnxruntime_available"]
 
-#: Outputs of the full net, in order.
-OUTPUT_NAMES = ("probabilities", "capsule", "reconstruction")
 #: The ``location`` recorded for every external initializer of a runtime graph.  No such file
 #: exists beside the graph: an array missing from the ``.params`` file makes onnxruntime fail
 #: to open it, never read something else.
@@ -82,7 +80,7 @@ def build_runtime_graph(card) -> bytes:
     from .exporters._mxnet import block_to_symbol
     from .exporters._onnx import mxnet_to_onnx_model
 
-    net = card.builder()
+    net = card.build()
     net.initialize(mx.init.Zero())
     prefixed = {p.name: key for key, p in net._collect_params_with_prefix().items()}
     sym, params, names = block_to_symbol(net, input_shape=(1,) + tuple(card.input_shape))
@@ -109,7 +107,7 @@ def build_runtime_graph(card) -> bytes:
         raise RuntimeError(f"the ONNX export does not use the parameters {missing}")
     for node in model.graph.node:
         node.input[:] = [renames.get(i, i) for i in node.input]
-    if tuple(o.name for o in model.graph.output) != OUTPUT_NAMES:  # pragma: no cover
+    if tuple(o.name for o in model.graph.output) != tuple(card.outputs):  # pragma: no cover
         raise RuntimeError(f"unexpected outputs {[o.name for o in model.graph.output]}")
     return model.SerializeToString()
 
@@ -168,18 +166,18 @@ class OnnxRuntimeNet:
                                      f"({line[:300]}); use weights saved from the same architecture") from None
         self._input = self.session.get_inputs()[0].name
 
-    def __call__(self, x, *, batch_size: int = 128, need_reco: bool = True):
-        """``(probabilities, capsules, reconstructions or None)`` of a float32 batch ``(N,1,28,28)``."""
+    def __call__(self, x, *, batch_size: int = 128, outputs=None):
+        """``{output name: numpy array}`` of a float32 batch ``(N,1,28,28)``: the card's outputs, or the
+        names in ``outputs``."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.card.input_shape):
             raise InvalidInputError(f"a batch must have shape (N, 1, 28, 28), got {x.shape}")
         if x.shape[0] == 0:
             raise InvalidInputError("no images to classify (empty batch)")
-        wanted = list(OUTPUT_NAMES if need_reco else OUTPUT_NAMES[:2])
+        wanted = list(self.card.outputs if outputs is None else outputs)
         parts = [self.session.run(wanted, {self._input: x[i:i + batch_size]})
                  for i in range(0, x.shape[0], batch_size)]
-        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(wanted))]
-        return outs[0], outs[1], (outs[2] if need_reco else None)
+        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(wanted)}
 
     def __repr__(self):
         return f"OnnxRuntimeNet({self.card.name!r}, weights={self.weights_path!r})"

@@ -59,6 +59,7 @@ from . import _env  # noqa: F401
 import numpy as np
 from mxnet.gluon import Block
 
+from ._env import BF16_FLAGS, cpu_flags, supports_bfloat16
 from .errors import DataFileNotFoundError, DataFormatError, InvalidInputError
 
 __all__ = ["DTYPES", "CALIBRATION_FILE", "convert", "supports_bfloat16", "cpu_flags", "BF16_FLAGS",
@@ -66,8 +67,6 @@ __all__ = ["DTYPES", "CALIBRATION_FILE", "convert", "supports_bfloat16", "cpu_fl
 
 #: The dtypes :func:`convert` (and ``capszoo.load(..., dtype=)``) accept.
 DTYPES = ("float32", "bfloat16", "int8")
-#: CPU flags (``/proc/cpuinfo``) that mean native bfloat16 arithmetic.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: Package data: 256 MNIST training digits for int8 calibration (see :func:`make_calibration_file`).
 CALIBRATION_FILE = "calibration-mnist-train-256.npz"
 #: Operators kept in float32 by int8 quantization (the routing logits' running sum).
@@ -76,25 +75,6 @@ INT8_EXCLUDED_OPERATORS = ("elemwise_add",)
 INT8_CALIB_MODE = "naive"
 _CALIB_BATCH = 64
 _IMAGE_SHAPE = (1, 28, 28)
-
-
-# -- CPU capability ----------------------------------------------------------------------------
-def cpu_flags(path="/proc/cpuinfo"):
-    """The set of CPU feature flags of the first processor in ``path`` (empty when unreadable)."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def supports_bfloat16() -> bool:
-    """Whether this CPU has native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``)."""
-    return any(f in cpu_flags() for f in BF16_FLAGS)
 
 
 def _bf16_unavailable(reason):
@@ -203,8 +183,6 @@ class ReducedPrecisionNet(Block):
         The net it was made from.
     """
 
-    output_names = ("probabilities", "capsule", "reconstruction")
-
     def __init__(self, converted, float32_net, dtype):
         super().__init__(prefix=getattr(float32_net, "prefix", "capsnet_"))
         self.dtype = dtype
@@ -236,6 +214,14 @@ class ReducedPrecisionNet(Block):
     @property
     def routing_iterations(self):
         return self.float32_net.routing_iterations
+
+    @property
+    def output_names(self):
+        return self.float32_net.output_names
+
+    @property
+    def subnet_names(self):
+        return self.float32_net.subnet_names
 
     def __repr__(self):
         return f"ReducedPrecisionNet(dtype={self.dtype!r}, routing_iterations={self.routing_iterations})"

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError, InvalidInputError
+from .models._common import MNIST_PREPROCESSING
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -57,9 +58,9 @@ POLARITIES = ("auto", "dark-on-light", "light-on-dark")
 #: Values of the ``fit`` argument.
 FITS = ("auto", "always", "none")
 
-_SIDE = 28          # output side
-_BOX = 20           # side of the box the digit's bounding box is scaled into
-_CENTRE = 14.0      # where the centre of mass goes (row/column index, as in MNIST)
+_SIDE = MNIST_PREPROCESSING["size"]       # output side (28)
+_BOX = MNIST_PREPROCESSING["fit_box"]     # side of the box the digit's bounding box is scaled into (20)
+_CENTRE = _SIDE / 2.0                     # where the centre of mass goes (row/column index, as in MNIST)
 _FLOAT_TOLERANCE = 0.01   # float pixels may stray this far outside [0, 1] (then clipped)
 _MIN_CONTRAST = 0.05      # ink must exceed the background level by this much
 _REDUCE_ABOVE = 4_000_000  # decoded images above this many pixels are box-reduced first
@@ -111,11 +112,15 @@ _ALLOWED_DETECTED = {"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM"}
 
 # ----------------------------------------------------------------------------- public API
 
-def to_batch(inputs, *, polarity="auto", fit="auto"):
-    """Turn digit images into the CapsNet's input batch.
+def to_batch(inputs, *, polarity="auto", fit="auto", spec=None):
+    """Turn digit images into a zoo entry's input batch.
 
     Parameters
     ----------
+    spec : mapping, optional
+        The card's ``preprocessing`` (``card.preprocessing``): the geometry to produce.  This
+        encoder makes MNIST's (:data:`capszoo.models.MNIST_PREPROCESSING`); another spec is an
+        error naming the difference.
     inputs : path, PIL.Image.Image, numpy.ndarray, or list/tuple of them
         * ``str`` or ``os.PathLike``: an image file in one of
           :data:`ALLOWED_FORMATS` (at most :data:`MAX_IMAGE_PIXELS` pixels).
@@ -193,6 +198,7 @@ def to_batch(inputs, *, polarity="auto", fit="auto"):
     """
     _check_option("polarity", polarity, POLARITIES)
     _check_option("fit", fit, FITS)
+    _check_spec(spec)
     if isinstance(inputs, (list, tuple)):
         if len(inputs) == 0:
             raise InvalidInputError(f"empty {type(inputs).__name__}: pass at least one image "
@@ -201,6 +207,16 @@ def to_batch(inputs, *, polarity="auto", fit="auto"):
                  for i, item in enumerate(inputs)]
         return np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
     return _one_input(inputs, polarity, fit, None, nested=False)
+
+
+def _check_spec(spec):
+    """The encoder makes MNIST's geometry; a card asking for another is refused, naming the difference."""
+    if spec is None or isinstance(spec, str):
+        return
+    diff = {k: v for k, v in dict(spec).items() if MNIST_PREPROCESSING.get(k) != v}
+    if diff:
+        raise InvalidInputError(f"the image encoder makes {dict(MNIST_PREPROCESSING)}, but the model asks for "
+                                f"{diff}; preprocess the images yourself and pass a ready (N, C, H, W) batch")
 
 
 def encode_image(img, *, polarity="auto", fit="auto"):

@@ -1,8 +1,13 @@
 """Training recipes: declarative TOML files validated against frozen dataclasses.
 
-A recipe names every choice that determines the trained weights.  The schema is
-the dataclasses below: each TOML table is one dataclass, unknown keys, missing
-keys (those without a default) and wrong types are :class:`~capszoo.errors.RecipeError`.
+A recipe names every choice that determines the trained weights, and the zoo
+entry it trains (``model``).  The schema is dataclasses: ``[optimizer]``,
+``[data]`` and ``[train]`` are the same for every entry (below); ``[net]`` and
+``[loss]`` are the entry's family's (:class:`capszoo._registry.Family`), and the
+``[net]`` values that are architecture choices must equal the entry's card.
+Unknown keys, missing keys (those without a default), wrong types, an unknown
+model and a recipe that contradicts its card are :class:`~capszoo.errors.RecipeError`,
+raised before anything is trained.
 """
 from __future__ import annotations
 
@@ -15,36 +20,8 @@ import typing
 
 from .errors import RecipeError
 
-__all__ = ["Recipe", "NetSection", "LossSection", "OptimizerSection", "DataSection",
-           "TrainSection", "load_recipe", "list_recipes"]
-
-
-@dataclasses.dataclass(frozen=True)
-class NetSection:
-    routing_iterations: int
-    pred_vects_init_scale: float
-
-    def _check(self):
-        _positive(self, "routing_iterations", MAX_ROUTING_ITERATIONS)
-        _positive(self, "pred_vects_init_scale")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossSection:
-    margin_m_plus: float
-    margin_m_minus: float
-    margin_lambda: float
-    class_weight: float
-    reco_weight: float
-
-    def _check(self):
-        if not 0.0 <= self.margin_m_minus < self.margin_m_plus <= 1.0:
-            raise RecipeError(f"loss: need 0 <= margin_m_minus < margin_m_plus <= 1, got "
-                              f"{self.margin_m_minus} and {self.margin_m_plus}")
-        for name in ("margin_lambda", "class_weight", "reco_weight"):
-            value = getattr(self, name)
-            if not (value >= 0 and _finite(value)):   # NaN fails both comparisons
-                raise RecipeError(f"loss.{name} must be a finite number >= 0, got {value}")
+__all__ = ["Recipe", "OptimizerSection", "DataSection", "TrainSection", "load_recipe", "list_recipes",
+           "parse_recipe", "check_positive", "check_finite_nonnegative"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +91,8 @@ class Recipe:
     name: str
     model: str
     description: str
-    net: NetSection
-    loss: LossSection
+    net: object
+    loss: object
     optimizer: OptimizerSection
     data: DataSection
     train: TrainSection
@@ -141,15 +118,31 @@ MAX_EPOCHS, MAX_BATCH_SIZE, MAX_ROUTING_ITERATIONS = 10_000, 100_000, 100
 #: Largest recipe file read (the bundled one is 1.6 kB).
 MAX_RECIPE_BYTES = 1 << 20
 
-_SECTIONS = {"net": ("net", NetSection), "loss": ("loss", LossSection),
+_SECTIONS = {"net": ("net", None), "loss": ("loss", None),   # the family's schema
              "optimizer": ("optimizer", OptimizerSection), "data": ("data", DataSection),
              "train": ("train", TrainSection)}
 _TOP = ("name", "model", "description")
 
 
+def check_finite_nonnegative(obj, name):
+    """``obj.name`` must be a finite number >= 0 (RecipeError naming ``<table>.<name>``)."""
+    value = getattr(obj, name)
+    if not (value >= 0 and _finite(value)):   # NaN fails both comparisons
+        raise RecipeError(f"{_table(obj)}.{name} must be a finite number >= 0, got {value}")
+
+
+def _table(obj):
+    return type(obj).__name__.replace("Section", "").lower()
+
+
+def check_positive(obj, name, most=None):
+    """``obj.name`` must be > 0, finite, and at most ``most`` (RecipeError naming ``<table>.<name>``)."""
+    _positive(obj, name, most)
+
+
 def _positive(obj, name, most=None):
     value = getattr(obj, name)
-    where = f"{type(obj).__name__.replace('Section', '').lower()}.{name}"
+    where = f"{_table(obj)}.{name}"
     if not (value > 0 and _finite(value)):   # TOML has nan and inf; NaN fails every comparison
         raise RecipeError(f"{where} must be > 0{' and finite' if isinstance(value, float) else ''}, got {value}")
     if most is not None and value > most:   # tomllib's integers are unbounded
@@ -173,14 +166,15 @@ def _typed(where, value, tp):
     return value
 
 
-def _build(cls, table, where):
+def _build(cls, table, where, owner=""):
     if not isinstance(table, dict):
         raise RecipeError(f"[{where}] must be a table")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise RecipeError(f"[{where}] unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        raise RecipeError(f"[{where}] unknown key(s) {', '.join(unknown)}{owner}; allowed: "
+                          f"{', '.join(fields) or 'none (leave the table empty)'}")
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in table and f.default is dataclasses.MISSING]   # keys with a default are optional
     if missing:
@@ -191,7 +185,8 @@ def _build(cls, table, where):
 
 
 def parse_recipe(doc: dict, source: str = "") -> Recipe:
-    """Validate a recipe already parsed from TOML into a :class:`Recipe`."""
+    """Validate a recipe already parsed from TOML into a :class:`Recipe`: its tables against the
+    schema of its model's family, and its architecture against the model's card."""
     allowed = set(_TOP) | set(_SECTIONS)
     unknown = sorted(set(doc) - allowed)
     if unknown:
@@ -201,9 +196,38 @@ def parse_recipe(doc: dict, source: str = "") -> Recipe:
     if missing:
         raise RecipeError(f"recipe {source}: missing {', '.join(missing)}")
     kw = {k: _typed(k, doc[k], str) for k in _TOP}
+    card = _model_card(kw["model"], source)
+    family = card.family
+    schemas = {"net": family.net_section, "loss": family.loss_section}
     for key, (attr, cls) in _SECTIONS.items():
-        kw[attr] = _build(cls, doc[key], key)
-    return Recipe(source=source, **kw)
+        owner = f" for model {card.name!r} (family {family.name})" if cls is None else ""
+        kw[attr] = _build(cls or schemas[key], doc[key], key, owner)
+    recipe = Recipe(source=source, **kw)
+    _check_against_card(recipe, card)
+    from ._registry import resolve_callable
+    check = resolve_callable(family.check_recipe)
+    if check is not None:
+        check(recipe)
+    return recipe
+
+
+def _model_card(model, source):
+    from ._registry import get_card
+    from .errors import ModelNotFoundError
+    try:
+        return get_card(model)
+    except ModelNotFoundError as exc:
+        raise RecipeError(f"recipe {source}: model {model!r} is not a zoo entry ({exc}); set `model` to "
+                          "the entry the recipe trains") from None
+
+
+def _check_against_card(recipe, card):
+    """The ``[net]`` values that choose the architecture must be the card's."""
+    for key, value in card.arch_args.items():
+        if hasattr(recipe.net, key) and getattr(recipe.net, key) != value:
+            raise RecipeError(f"recipe {recipe.source}: net.{key} = {getattr(recipe.net, key)!r} but model "
+                              f"{card.name!r} has {key} = {value!r}; use a recipe of that entry or name "
+                              f"the entry whose architecture this is")
 
 
 def _bundled():

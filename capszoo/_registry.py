@@ -1,20 +1,80 @@
-"""The model registry: one frozen :class:`ModelCard` per model, registered by decorator.
+"""The model registry: architecture families and one frozen :class:`ModelCard` per zoo entry.
 
-A card carries everything known about a model and its pretrained weights
-(torchvision's ``Weights`` metadata, timm's ``pretrained_cfg``).  The card drives
-the registry, ``capszoo list``/``info``, the docs and the tests, which check the
-card's figures against the real net.
+A *family* (:class:`Family`, registered with :func:`register_family`) is an
+architecture: how to build its net from the card's ``arch_args``, its training
+net from a recipe, the schema of a recipe's ``[net]`` and ``[loss]`` tables,
+and its seeded initialization.  Its functions are named as ``"module:function"``
+strings (or given as callables) and imported on first use, so that cards, recipes
+and ``capszoo list`` never import MXNet.
+
+A *card* (:class:`ModelCard`) is the single source of truth of one entry: its
+architecture (``arch`` + ``arch_args``) and weights tag, input spec,
+preprocessing (as data the encoder reads), outputs, sub-nets, classes, the recipe
+that made its weights, metrics and provenance (torchvision's ``Weights``
+metadata, timm's ``pretrained_cfg``).  Cards drive the registry, ``capszoo
+list``/``info``, exports and the docs; tests check every figure in them against
+the built net and the training logs.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import fnmatch
-from typing import Callable, Dict, Optional, Tuple
+import importlib
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from .errors import ModelNotFoundError
 
-__all__ = ["ModelCard", "WeightsSource", "register_model", "get_card", "list_models", "model_cards"]
+__all__ = ["ModelCard", "WeightsSource", "Family", "register_model", "register_family", "get_family",
+           "get_card", "list_models", "model_cards", "resolve_callable"]
+
+#: A function given directly or as ``"package.module:function"`` (imported on first use).
+Hook = Union[str, Callable, None]
+
+
+def resolve_callable(hook: Hook) -> Optional[Callable]:
+    """The function ``hook`` names (``"module:function"``), or ``hook`` itself when it is callable."""
+    if hook is None or callable(hook):
+        return hook
+    module, _, attr = str(hook).partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):   # "Class.method" too
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """An architecture family: what every entry of the family shares.
+
+    Attributes
+    ----------
+    name : str
+        The ``arch`` that cards name (``"capsnet"``, ``"lenet"``).
+    build : "module:function" or callable
+        ``build(**arch_args) -> HybridBlock``: the uninitialized net.
+    build_training : "module:function" or callable
+        ``build_training(net, recipe) -> HybridBlock`` whose call ``(x, label)`` returns
+        ``(loss_a (N,), loss_b (N,), probabilities (N, classes))``, the two per-sample
+        losses summed for the gradient (``loss_b`` may be zeros).
+    initialize : "module:function" or callable
+        ``initialize(net, recipe, ctx)``: seeded initialization (the seed is already set).
+    net_section, loss_section : type
+        Frozen dataclasses: the schema of a recipe's ``[net]`` and ``[loss]`` tables
+        (:mod:`capszoo._recipe`); ``net_section`` fields that are also ``arch_args``
+        must equal the card's.
+    check_recipe : "module:function" or callable, optional
+        ``check_recipe(recipe)``: rules across a recipe's tables (raises RecipeError).
+    """
+
+    name: str
+    build: Hook
+    build_training: Hook
+    initialize: Hook
+    net_section: type
+    loss_section: type
+    check_recipe: Hook = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +136,47 @@ class ModelCard:
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     training: Dict[str, object] = dataclasses.field(default_factory=dict)
     runtime_graph: Optional[str] = None
+    #: The family (:class:`Family`) and its constructor arguments: ``build(**arch_args)``.
+    arch: str = ""
+    arch_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: What the weights were trained on, timm's ``arch.tag`` (``"capsnet.mnist"``).
+    tag: str = ""
+    #: Names of the net's outputs, in order (``probabilities``, ...).
+    outputs: Tuple[str, ...] = ()
+    #: Sub-nets that take a feature extractor's output back to the input space: (start, end) or None.
+    feature_slice: Optional[Tuple[str, str]] = None
+
+    @property
+    def arch_tag(self) -> str:
+        """``arch.tag``: the architecture with the weights' tag (``"capsnet.mnist"``)."""
+        return f"{self.arch}.{self.tag}" if self.tag else self.arch
+
+    @property
+    def family(self) -> "Family":
+        return get_family(self.arch)
+
+    def build(self, **overrides):
+        """The card's net, uninitialized: ``builder`` or the family's, with ``arch_args`` and ``overrides``."""
+        if self.builder is not None:
+            return self.builder(**overrides)
+        return resolve_callable(self.family.build)(**{**self.arch_args, **overrides})
+
+    def build_training(self, recipe, net=None):
+        """The training net of ``recipe`` around ``net`` (a fresh net by default)."""
+        return resolve_callable(self.family.build_training)(net if net is not None else self.build(), recipe)
+
+    def has_output(self, name: str) -> bool:
+        return name in self.outputs
+
+    @property
+    def preprocessing_text(self) -> str:
+        """The preprocessing in words (for cards, exports and model READMEs)."""
+        p = self.preprocessing
+        if isinstance(p, str):
+            return p
+        return (f"grayscale; {p['polarity']} (polarity detected, or set); the digit's bounding box scaled "
+                f"to fit {p['fit_box']}x{p['fit_box']} with its aspect kept, centred by centre of mass in "
+                f"{p['size']}x{p['size']} (as MNIST was made); values / 255")
 
     @property
     def file_size_mb(self) -> float:
@@ -87,6 +188,9 @@ class ModelCard:
         """A JSON-friendly dict of the card (without the builders)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("builder", "training_builder")}
+        d["arch_args"] = dict(self.arch_args)
+        d["preprocessing"] = (dict(self.preprocessing) if isinstance(self.preprocessing, collections.abc.Mapping)
+                              else self.preprocessing)
         d["weights"] = dataclasses.asdict(self.weights) if self.weights else None
         for k, v in list(d.items()):
             if isinstance(v, tuple):
@@ -97,25 +201,48 @@ class ModelCard:
 
 
 _REGISTRY: Dict[str, ModelCard] = {}
+_FAMILIES: Dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Register an architecture family under ``family.name`` (again: replaced)."""
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(arch: str) -> Family:
+    """The registered family ``arch``."""
+    _ensure_loaded()
+    try:
+        return _FAMILIES[arch]
+    except KeyError:
+        raise ModelNotFoundError(f"unknown architecture family {arch!r}; families: "
+                                 f"{', '.join(sorted(_FAMILIES)) or 'none'}") from None
 
 
 def _key(name: str) -> str:
     return " ".join(str(name).lower().replace("_", "-").split())
 
 
-def register_model(card_factory: Callable[[], ModelCard]) -> Callable[[], ModelCard]:
-    """Decorator: register the card that ``card_factory()`` returns under its name and aliases."""
-    card = card_factory()
+def register_model(card_or_factory):
+    """Register a :class:`ModelCard` under its name and aliases; as a decorator, the card that the
+    decorated function returns.  Registering a card of the same name again replaces it."""
+    card = card_or_factory() if callable(card_or_factory) else card_or_factory
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"register_model needs a ModelCard, got {type(card).__name__}")
+    for k, old in list(_REGISTRY.items()):
+        if old.name == card.name:
+            del _REGISTRY[k]
     for n in (card.name,) + tuple(card.aliases):
         k = _key(n)
         if k in _REGISTRY and _REGISTRY[k].name != card.name:
             raise ValueError(f"model name {n!r} is registered twice")
         _REGISTRY[k] = card
-    return card_factory
+    return card_or_factory
 
 
 def _ensure_loaded():
-    from . import _models  # noqa: F401  (registers the built-in models)
+    from . import models  # noqa: F401  (registers the built-in families and entries)
 
 
 def model_cards() -> Tuple[ModelCard, ...]:

@@ -1,6 +1,7 @@
-"""Slices of a CapsNet (Wolfram's NetTake / NetExtract / NetPort) as HybridBlocks.
+"""Slices of a zoo net (Wolfram's NetTake / NetExtract / NetPort) as HybridBlocks.
 
-The CapsNet is a chain of stages, each a named sub-net::
+Every zoo net is a chain of stages, each a named sub-net (``net.subnet_names``).
+A CapsNet::
 
     image (N,1,28,28)
       -> ReLUConv1        (N,256,20,20)
@@ -8,84 +9,99 @@ The CapsNet is a chain of stages, each a named sub-net::
       -> PrimaryPredVects (N,10,1152,16)
       -> DigitCaps        (N,10,16)
       -> Pick             (N,16)        the capsule of the predicted (longest) class
-      -> Reconstruct      (N,1,28,28)
+      -> Reconstruct      (N,1,28,28)   (decoders reading the masked capsules: from (N,160) alone)
 
 A :class:`NetSlice` runs a contiguous run of stages and shares its sub-nets'
 parameters with the net it was cut from (no copy).  It is a HybridBlock:
-hybridize it, export it, call it on NDArrays.
+hybridize it, export it, call it on NDArrays.  Stage shapes come from MXNet's
+shape inference on the net itself (:func:`stage_shapes`).
 """
 from __future__ import annotations
 
+import mxnet as mx
 from mxnet.gluon import HybridBlock
 
-from ._net import SUBNET_NAMES, capsule_lengths
 from .errors import SubnetNotFoundError
+from .models.capsnet.net import STAGE_OUTPUTS, capsule_lengths
 
-__all__ = ["NetSlice", "take", "STAGE_SHAPES", "OUTPUT_NAMES"]
+__all__ = ["NetSlice", "take", "stage_shapes", "STAGE_SHAPES", "OUTPUT_NAMES"]
 
-#: Output shape (without the batch axis) of each stage; "input" is the image.
-STAGE_SHAPES = {
-    "input": (1, 28, 28),
-    "ReLUConv1": (256, 20, 20),
-    "PrimaryCaps": (1152, 8),
-    "PrimaryPredVects": (10, 1152, 16),
-    "DigitCaps": (10, 16),
-    "Pick": (16,),
-    "Reconstruct": (1, 28, 28),
-}
+#: capsnet-mnist's stage output shapes (without the batch axis); "input" is the image.
+STAGE_SHAPES = {"input": (1, 28, 28), "ReLUConv1": (256, 20, 20), "PrimaryCaps": (1152, 8),
+                "PrimaryPredVects": (10, 1152, 16), "DigitCaps": (10, 16), "Pick": (16,), "Reconstruct": (1, 28, 28)}
+#: capsnet-mnist's stage output names in exports.
+OUTPUT_NAMES = dict(STAGE_OUTPUTS)
 
 
-#: Name of each stage's output in exports (ONNX output names, MXNet ``<name>_output``).
-OUTPUT_NAMES = {
-    "ReLUConv1": "relu_conv1",
-    "PrimaryCaps": "primary_capsules",
-    "PrimaryPredVects": "prediction_vectors",
-    "DigitCaps": "digit_capsules",
-    "Pick": "capsule",
-    "Reconstruct": "reconstruction",
-}
+def _masked_decoder(block):
+    return getattr(block, "needs_class", False)
 
 
-def _index(name, what):
-    if name not in SUBNET_NAMES:
-        raise SubnetNotFoundError(f"no sub-net {name!r} ({what}); sub-nets in order: {', '.join(SUBNET_NAMES)}")
-    return SUBNET_NAMES.index(name)
+def stage_shapes(net, input_shape=(1, 28, 28)):
+    """``{"input": shape, <sub-net>: output shape}`` (no batch axis) of ``net``, by shape inference
+    (cached on the net)."""
+    cached = getattr(net, "_stage_shapes", None)
+    if cached is not None and cached["input"] == tuple(input_shape):
+        return cached
+    shapes, x = {"input": tuple(input_shape)}, mx.sym.var("data")
+    index = None
+    for name in net.subnet_names:
+        x, index = _apply(net[name], name, mx.sym, x, index)
+        _, out, _ = x.infer_shape(data=(1,) + tuple(input_shape))
+        shapes[name] = tuple(out[0][1:])
+    net._stage_shapes = shapes
+    return shapes
+
+
+def _apply(block, name, F, x, index):
+    """One stage; ``index`` carries the class chosen by ``Pick`` to a masked decoder."""
+    if name == "Pick":
+        index = F.argmax(capsule_lengths(F, x), axis=1)
+        return block(x, index), index
+    if _masked_decoder(block):
+        return (block(x, index) if index is not None else block.decode_masked(F, x)), index
+    return block(x), index
 
 
 class NetSlice(HybridBlock):
-    """Stages ``start`` through ``end`` (inclusive) of a CapsNet.
+    """Stages ``start`` through ``end`` (inclusive) of a zoo net.
 
     Parameters
     ----------
-    net : CapsNet
-        The net whose sub-nets (and parameters) the slice shares.
+    net : HybridBlock
+        The net (with ``subnet_names``) whose sub-nets (and parameters) the slice shares.
     start, end : str
         Sub-net names; ``start`` must not come after ``end``.
     """
 
     def __init__(self, net, start, end=None, **kwargs):
         end = start if end is None else end
-        i, j = _index(start, "slice start"), _index(end, "slice end")
+        order = tuple(net.subnet_names)
+        i, j = _index(order, start, "slice start"), _index(order, end, "slice end")
         if i > j:
             raise SubnetNotFoundError(f"slice {start}:{end} is reversed: {start} comes after {end} "
-                                      f"(order: {' -> '.join(SUBNET_NAMES)})")
+                                      f"(order: {' -> '.join(order)})")
         super().__init__(prefix=f"{net.prefix}{start}_{end}_", **kwargs)
         self.start_name, self.end_name = start, end
-        self.stage_names = SUBNET_NAMES[i:j + 1]
+        self.stage_names = order[i:j + 1]
+        self._order = order
+        self._shapes = stage_shapes(net)   # symbolic shape inference: no data, milliseconds
         for name in self.stage_names:
             self.register_child(net[name], name)
-        self.output_names = (OUTPUT_NAMES[end],)
+        self.output_names = (getattr(net, "stage_outputs", {}).get(end, _snake(end)),)
 
     @property
     def input_shape(self):
         """Input shape without the batch axis."""
-        i = SUBNET_NAMES.index(self.start_name)
-        return STAGE_SHAPES["input" if i == 0 else SUBNET_NAMES[i - 1]]
+        i = self._order.index(self.start_name)
+        if i > 0 and _masked_decoder(self._children[self.start_name]):
+            return (160,)   # the masked capsules of the 10 classes
+        return self._shapes["input" if i == 0 else self._order[i - 1]]
 
     @property
     def output_shape(self):
         """Output shape without the batch axis."""
-        return STAGE_SHAPES[self.end_name]
+        return self._shapes[self.end_name]
 
     def __getitem__(self, name):
         if name not in self._children:
@@ -94,24 +110,33 @@ class NetSlice(HybridBlock):
         return self._children[name]
 
     def hybrid_forward(self, F, x):
+        index = None
         for name in self.stage_names:
-            block = self._children[name]
-            if name == "Pick":
-                x = block(x, F.argmax(capsule_lengths(F, x), axis=1))
-            else:
-                x = block(x)
+            x, index = _apply(self._children[name], name, F, x, index)
         return x
 
     def __repr__(self):
         return f"NetSlice({self.start_name}:{self.end_name}, stages={list(self.stage_names)})"
 
 
+def _snake(name):
+    out = "".join("_" + c.lower() if c.isupper() and i and not name[i - 1].isupper() else c.lower()
+                  for i, c in enumerate(name))
+    return out.lstrip("_")
+
+
+def _index(order, name, what):
+    if name not in order:
+        raise SubnetNotFoundError(f"no sub-net {name!r} ({what}); sub-nets in order: {', '.join(order)}")
+    return order.index(name)
+
+
 def take(net, start, end=None):
     """A :class:`NetSlice` of ``net`` from sub-net ``start`` to ``end`` (inclusive).
 
-    ``take(net, "ReLUConv1", "Pick")`` is the feature extractor (image -> 16-D
-    capsule); ``take(net, "Reconstruct")`` the reconstructor (16-D -> image).
-    A spec ``"A:B"`` may be passed as ``start``.
+    ``take(net, "ReLUConv1", "Pick")`` is a CapsNet's feature extractor (image -> 16-D
+    capsule); ``take(net, "Reconstruct")`` the reconstructor.  A spec ``"A:B"`` may be
+    passed as ``start``.
     """
     if end is None and isinstance(start, str) and ":" in start:
         start, _, end = start.partition(":")

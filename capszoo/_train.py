@@ -89,9 +89,9 @@ from mxnet import autograd, gluon
 
 from ._context import default_kvstore, parse_ctx
 from ._io import atomic_write_json, atomic_write_text
-from ._net import CapsNet
 from ._recipe import MAX_EPOCHS
-from ._training_net import CapsNetTrainingNet
+from ._nets import as_outputs
+from ._registry import get_card, resolve_callable
 from ._weights import (MAX_PARAMS_BYTES, check_params, load_params_into, param_shapes, parse_params, read_params,
                        save_params, sha256_file)
 from .errors import CheckpointError, DistributedError, InvalidInputError, WeightsFormatError
@@ -254,17 +254,22 @@ class TrainResult:
 
 
 def initialize_net(net, recipe, ctx, seed):
-    """Seeded initialization: Xavier for convolutions and dense layers,
-    Uniform(-s, s) for the prediction-vector weights W."""
+    """Seeded initialization of ``recipe``'s net, as its model's family does it (for CapsNets:
+    Xavier for dense layers, He for the capsule convolutions, Uniform(-s, s) for W)."""
     mx.random.seed(seed)
     np.random.seed(seed)
-    net.initialize(mx.init.Xavier(), ctx=ctx)
-    for conv in (net["ReLUConv1"].weight, net["PrimaryCaps"].weight):
-        conv.initialize(mx.init.MSRAPrelu(factor_type="in", slope=0.0), ctx=ctx, force_reinit=True)
-    w = net["PrimaryPredVects"].weight
-    w.set_data(mx.nd.random.uniform(-recipe.net.pred_vects_init_scale, recipe.net.pred_vects_init_scale,
-                                    shape=w.shape))
+    resolve_callable(recipe_card(recipe).family.initialize)(net, recipe, ctx)
     return net
+
+
+def recipe_card(recipe):
+    """The card of the entry ``recipe`` trains."""
+    return get_card(recipe.model)
+
+
+def build_recipe_net(recipe):
+    """``recipe``'s net, uninitialized: its model's card's architecture."""
+    return recipe_card(recipe).build()
 
 
 def split_train_validation(n, validation_size, split_seed):
@@ -311,29 +316,37 @@ def predict_probabilities(net, images, *, ctx=None, batch_size=500):
         chunk = images[start:start + batch_size]
         x = _as_float(chunk) if chunk.dtype == np.uint8 else chunk
         parts = gluon.utils.split_and_load(mx.nd.array(x), ctx, even_split=False)
-        out.extend(net(p)[0].asnumpy() for p in parts)
+        out.extend(as_outputs(net(p))[0].asnumpy() for p in parts)
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
 class _Progress:
-    """A one-line progress display on a terminal, a line every ``every`` steps otherwise."""
+    """Training progress: a tqdm bar on a terminal; in a log file (``nohup``, CI) a plain line every
+    ``every`` steps and at the end, since tqdm's carriage-return redraws would pile up there."""
 
     def __init__(self, total, epoch, epochs, stream=None, every=50):
         self.total, self.epoch, self.epochs = total, epoch, epochs
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every = every
+        self.bar = None
+        if hasattr(self.stream, "isatty") and self.stream.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", file=self.stream, unit="step",
+                            leave=True, dynamic_ncols=True)
 
     def update(self, step, loss, acc, ips):
-        if not self.tty and step % self.every and step != self.total:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f} acc {acc:.4f} {ips:.0f} img/s", refresh=False)
+            self.bar.update(step - self.bar.n)
+            if step == self.total:
+                self.bar.close()
+            return
+        if step % self.every and step != self.total:
             return
         width = 24
         done = int(width * step / max(1, self.total))
-        line = (f"epoch {self.epoch + 1}/{self.epochs} [{'#' * done}{'.' * (width - done)}] "
-                f"{step}/{self.total} loss {loss:.4f} acc {acc:.4f} {ips:.0f} img/s")
-        self.stream.write(("\r" + line) if self.tty else line + "\n")
-        if self.tty and step == self.total:
-            self.stream.write("\n")
+        self.stream.write(f"epoch {self.epoch + 1}/{self.epochs} [{'#' * done}{'.' * (width - done)}] "
+                          f"{step}/{self.total} loss {loss:.4f} acc {acc:.4f} {ips:.0f} img/s\n")
         self.stream.flush()
 
 
@@ -530,7 +543,7 @@ class _WeightAverage:
 
     def __init__(self, net, recipe, ctxs, *, started_epoch, num_update=0):
         self.source = net
-        self.net = CapsNet(routing_iterations=recipe.net.routing_iterations)
+        self.net = build_recipe_net(recipe)
         self.net.initialize(ctx=ctxs)
         self.decay, self.decay_at = recipe.optimizer.ema_decay, recipe.optimizer.ema_decay_at
         self.started_epoch, self.num_update = started_epoch, num_update
@@ -910,18 +923,52 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         ``resume``, a malformed log); a distributed job that cannot run.
     """
     recipe = recipe.replace_train(epochs=epochs, batch_size=batch_size, seed=seed)
-    cfg = recipe.train
+    init = _init_request(init_weights, init_log, resume, recipe.train.epochs)
+    ctxs = parse_ctx(ctx)
+    kvstore, kv_type, dist, dist_async = _check_kvstore_arg(kvstore, resume)
+    recipe, train_data, val_data = _split_data(recipe, data, validation_size, ctxs)
+    net, train_net = _build_nets(recipe, ctxs, init)
+    out_dir, ck = _open_run_dir(out_dir, net, resume)
+    kv, rank, num_workers = _connect_kvstore(kvstore, kv_type, dist, ctxs)
+    try:
+        return _train_loop(recipe, recipe.train, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck,
+                           out_dir, *train_data, *val_data, max_steps_per_epoch, log, progress, init)
+    except BaseException:
+        if dist:
+            _no_barrier_on_exit(kv)
+        raise
+
+
+def _init_request(init_weights, init_log, resume, epochs):
+    """What :func:`train` starts from instead of the seeded initialization: None, or
+    ``{"weights": path, "history": the checked init_log's epochs ([] without), "log": path or None}``.
+
+    Raises
+    ------
+    InvalidInputError
+        ``init_log`` without ``init_weights``, ``init_weights`` with ``resume``, a malformed log.
+    """
     if init_log is not None and init_weights is None:
         raise InvalidInputError("--init-log needs --init-weights: the weights after the log's last epoch")
     if init_weights is not None and resume:
         raise InvalidInputError("--init-weights starts a new run; --resume continues the one in --out: "
                                 "pass one of them")
-    init = None
-    if init_weights is not None:
-        init = {"weights": os.path.abspath(os.fspath(init_weights)),
-                "history": _read_init_log(init_log, cfg.epochs) if init_log is not None else [],
-                "log": os.path.abspath(os.fspath(init_log)) if init_log is not None else None}
-    ctxs = parse_ctx(ctx)
+    if init_weights is None:
+        return None
+    return {"weights": os.path.abspath(os.fspath(init_weights)),
+            "history": _read_init_log(init_log, epochs) if init_log is not None else [],
+            "log": os.path.abspath(os.fspath(init_log)) if init_log is not None else None}
+
+
+def _check_kvstore_arg(kvstore, resume):
+    """``(kvstore, its type name, dist, dist_async)`` of :func:`train`'s ``kvstore`` argument,
+    checked by :func:`check_kvstore`.
+
+    Raises
+    ------
+    InvalidInputError, DistributedError
+        As :func:`check_kvstore`; ``resume`` with ``dist_async``.
+    """
     kvstore = check_kvstore(kvstore)
     kv_type = kvstore.type if isinstance(kvstore, mx.kvstore.KVStoreBase) else kvstore
     dist = kv_type is not None and kv_type.startswith("dist")
@@ -929,6 +976,21 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     if resume and dist_async:
         raise DistributedError("--resume is not supported with dist_async: the optimizer state lives on the "
                                "parameter servers and is not checkpointed; use dist_sync")
+    return kvstore, kv_type, dist, dist_async
+
+
+def _split_data(recipe, data, validation_size, ctxs):
+    """``(recipe, (train images, labels), (validation images, labels))``: the recipe's hold-out
+    split of ``data`` (``validation_size``, when given, replaces the recipe's), labels for
+    training as float32.
+
+    Raises
+    ------
+    InvalidInputError
+        A bad validation size, or a batch larger than the training images or smaller
+        than the number of contexts.
+    """
+    cfg = recipe.train
     images, labels = data
     if validation_size is not None:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, validation_size=validation_size))
@@ -940,16 +1002,39 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
         raise InvalidInputError(f"batch size {cfg.batch_size} is larger than the {len(tr_images)} training images")
     if cfg.batch_size < len(ctxs):
         raise InvalidInputError(f"batch size {cfg.batch_size} is smaller than the {len(ctxs)} contexts")
+    return recipe, (tr_images, tr_labels), (va_images, va_labels)
 
-    net = CapsNet(routing_iterations=recipe.net.routing_iterations)
-    train_net = CapsNetTrainingNet.from_recipe(recipe, net)
-    initialize_net(net, recipe, ctxs, cfg.seed)
+
+def _build_nets(recipe, ctxs, init):
+    """``(net, training net)`` of the recipe, with the seeded initialization or, given ``init``
+    (:func:`_init_request`), its weights (``init`` then records the files' sha256).
+
+    Raises
+    ------
+    WeightsFormatError
+        The ``init`` weights file is missing or unfit for the net.
+    """
+    net = build_recipe_net(recipe)
+    train_net = recipe_card(recipe).build_training(recipe, net)
+    initialize_net(net, recipe, ctxs, recipe.train.seed)
     if init is not None:  # checked before --out is created: a refused file leaves nothing behind
         load_params_into(net, init["weights"], ctx=ctxs)   # WeightsFormatError: a missing or unfit file
         init["sha256"] = sha256_file(init["weights"])
         if init["log"] is not None:
             init["log_sha256"] = sha256_file(init["log"])
+    return net, train_net
 
+
+def _open_run_dir(out_dir, net, resume):
+    """``(out_dir, checkpoint or None)``: the run directory, created and checked writable, and
+    with ``resume`` its checked checkpoint (:func:`_read_checkpoint`).
+
+    Raises
+    ------
+    CheckpointError
+        ``out_dir`` cannot be written, holds a run and ``resume`` is false, or its
+        checkpoint cannot be resumed.
+    """
     out_dir = os.fspath(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -965,6 +1050,12 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     if not resume and os.path.exists(os.path.join(out_dir, CHECKPOINT)):
         raise CheckpointError(f"{out_dir} already holds a run; pass --resume to continue it or choose "
                               "another --out")
+    return out_dir, ck
+
+
+def _connect_kvstore(kvstore, kv_type, dist, ctxs):
+    """``(kvstore, rank, number of workers)``: a distributed job's kvstore created (this blocks
+    until every node has joined), else ``kvstore`` or the default for ``ctxs``."""
     if dist and not isinstance(kvstore, mx.kvstore.KVStoreBase):
         # MXNet's parameter server reads PORT as the port of this node: an unrelated PORT
         # (set by many platforms) makes it fail.  capszoo launch removes it too.
@@ -974,18 +1065,13 @@ def train(recipe, *, data, ctx="cpu", out_dir, epochs=None, batch_size=None, see
     # The Trainer creates a non-distributed kvstore only at its first step: rank and
     # number of workers come from the kvstore object itself.
     rank, num_workers = (kv.rank, kv.num_workers) if dist else (0, 1)
-    try:
-        return _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck,
-                           out_dir, tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress,
-                           init)
-    except BaseException:
-        if dist:
-            _no_barrier_on_exit(kv)
-        raise
+    return kv, rank, num_workers
 
 
 def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, num_workers, ck, out_dir,
                 tr_images, tr_labels, va_images, va_labels, max_steps_per_epoch, log, progress, init=None):
+    """:func:`train` once its arguments are checked: set up the optimizer and the starting point
+    (``ck``, ``init`` or a new run), train the remaining epochs, write the run directory (rank 0)."""
     if rank == 0:  # before any write: what a killed process left (only rank 0 writes the run directory)
         _remove_stale_temp_files(out_dir)
     # Each worker of a distributed job trains on its own part of each global batch.
@@ -993,12 +1079,60 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
     if dist:  # first of all the job's collective operations: a worker that differs stops here
-        def crc(obj):  # 24 bits: exact in any float type
-            return zlib.crc32(json.dumps(obj, sort_keys=True, default=str).encode()) & 0xFFFFFF
-        run_id = crc({"recipe": recipe.to_dict(), "train": [len(tr_images), int(tr_labels.sum())]})
-        _agree_with_rank0(kv, rank, (int(ck["epoch"]) if ck is not None else len(init["history"]) if init else 0,
-                                     int(ck is not None),
-                                     crc(ck) if ck is not None else 0, steps, run_id))
+        _agree_on_run(kv, rank, recipe, tr_images, tr_labels, ck, init, steps)
+    trainer, grad_scale = _make_trainer(recipe, net, kv, dist, dist_async, steps, num_workers)
+    history, start_epoch, best = _starting_point(net, trainer, ctxs, rank, out_dir, ck, init)
+    if dist:
+        _share_start(kv, rank, net, trainer, ctxs, dist_async)
+    if ck is None and rank == 0:
+        _write_run_json(out_dir, recipe, ctxs, kv, num_workers, init)
+    ema = _start_weight_average(net, recipe, ctxs, out_dir, ck, start_epoch)
+    train_net.hybridize(static_alloc=True)
+    net.hybridize(static_alloc=True)
+    if ema is not None:
+        ema.net.hybridize(static_alloc=True)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = recipe.optimizer.learning_rate_at(epoch)
+        if not dist_async:
+            trainer.set_learning_rate(lr)
+        sums, seen, t0, train_time = _train_epoch(train_net, trainer, ema, recipe, cfg, ctxs, tr_images, tr_labels,
+                                                  epoch, steps, rank, num_workers, grad_scale, progress)
+        images_seen = seen * num_workers
+        if dist and not dist_async:  # the epoch's training metrics over all workers' images
+            sums, seen = _sum_over_workers(kv, sums, seen)
+            images_seen = seen
+        eval_net = ema.sync() if ema is not None else net   # validated, selected and saved
+        va_acc, va_errors, extra = _validate(eval_net, net, ema, va_images, va_labels, ctxs)
+        metrics = _epoch_metrics(epoch, lr, sums, seen, images_seen, train_time, t0, va_acc, va_errors, extra)
+        history.append(metrics)
+        if va_errors is not None and va_acc > best["val_accuracy"]:   # va_errors None: no validation images
+            best = {"epoch": epoch + 1, "val_accuracy": va_acc}
+            if rank == 0:
+                with _writing(os.path.join(out_dir, "best.params")) as path:
+                    save_params(eval_net, path)
+        if rank == 0:
+            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async, ema=ema)
+        if log:
+            log(metrics)
+    _write_final_weights(out_dir, net, ema, best, rank)
+    return TrainResult(out_dir, len(history), best["epoch"], best["val_accuracy"], tuple(history))
+
+
+def _agree_on_run(kv, rank, recipe, tr_images, tr_labels, ck, init, steps):
+    """Raise DistributedError unless this worker's run (start epoch, checkpoint, steps per epoch,
+    recipe and training data) is rank 0's: :func:`_agree_with_rank0`."""
+    def crc(obj):  # 24 bits: exact in any float type
+        return zlib.crc32(json.dumps(obj, sort_keys=True, default=str).encode()) & 0xFFFFFF
+    run_id = crc({"recipe": recipe.to_dict(), "train": [len(tr_images), int(tr_labels.sum())]})
+    _agree_with_rank0(kv, rank, (int(ck["epoch"]) if ck is not None else len(init["history"]) if init else 0,
+                                 int(ck is not None),
+                                 crc(ck) if ck is not None else 0, steps, run_id))
+
+
+def _make_trainer(recipe, net, kv, dist, dist_async, steps, num_workers):
+    """``(trainer, grad_scale)``: the run's Adam ``gluon.Trainer`` and the factor by which the
+    summed gradients exceed this worker's batch (the number of workers in ``dist_sync``)."""
     opt_params = {"learning_rate": recipe.optimizer.learning_rate}
     if dist_async:
         # The servers run the optimizer: the per-epoch decay goes with it as a schedule
@@ -1013,7 +1147,19 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
                             update_on_kvstore=(False if dist and not dist_async else None))
     # Gradients are summed over the workers in dist_sync: normalize by the global batch.
     grad_scale = num_workers if dist and not dist_async else 1
+    return trainer, grad_scale
 
+
+def _starting_point(net, trainer, ctxs, rank, out_dir, ck, init):
+    """``(history, start_epoch, best)`` of the run: the checkpoint ``ck``'s (its weights and
+    optimizer state loaded into ``net`` and ``trainer``), the init log's when ``init`` has one
+    (rank 0 writes ``best.params`` when the weights given are the best so far), or a new run's.
+
+    Raises
+    ------
+    CheckpointError, WeightsFormatError
+        A checkpoint file that is missing, damaged or not of this net.
+    """
     history, start_epoch, best = [], 0, {"epoch": -1, "val_accuracy": -1.0}
     if ck is not None:  # _read_checkpoint checked every field; the files are checked here
         params_path = os.path.join(out_dir, ck["params"])
@@ -1035,101 +1181,115 @@ def _train_loop(recipe, cfg, ctxs, net, train_net, kv, dist, dist_async, rank, n
             if rank == 0:
                 with _writing(os.path.join(out_dir, "best.params")) as path:
                     save_params(net, path)
-    if dist:
-        init_diff = _broadcast_params(kv, net, ctxs)
-        if init_diff > 0:
-            print(f"capszoo: worker {rank}: initial weights differed from rank 0's (max abs diff {init_diff:.3g}); "
-                  "using rank 0's", file=sys.stderr)
-        _finish_kvstore_setup(trainer, net)
-        if not dist_async:
-            kv.init(_KEY_METRICS, mx.nd.zeros(4, dtype="float64"))
-    if ck is None and rank == 0:
-        with _writing(os.path.join(out_dir, "run.json")) as path:
-            atomic_write_json(path, {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
-                                     "kvstore": kv if isinstance(kv, str) else kv.type,
-                                     "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     **({"init": {"weights": init["weights"], "sha256": init["sha256"],
-                                                  "log": init["log"], "log_sha256": init.get("log_sha256"),
-                                                  "epochs": len(init["history"])}} if init else {})})
-    ema = _start_weight_average(net, recipe, ctxs, out_dir, ck, start_epoch)
-    train_net.hybridize(static_alloc=True)
-    net.hybridize(static_alloc=True)
-    if ema is not None:
-        ema.net.hybridize(static_alloc=True)
+    return history, start_epoch, best
 
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = recipe.optimizer.learning_rate_at(epoch)
-        if not dist_async:
-            trainer.set_learning_rate(lr)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        perm = rng.permutation(len(tr_images))
-        shift_rng = np.random.default_rng([cfg.seed, epoch, 1])
-        bar = _Progress(steps, epoch, cfg.epochs) if progress else None
-        t0 = time.time()
-        sums = np.zeros(3)  # class loss, reco loss, correct
-        seen = 0
-        gbatch = cfg.batch_size * num_workers
-        part = rank * cfg.batch_size
-        for step in range(steps):
-            # Worker r's images are part r of global batch `step`: perm[(step*W + r)*B : (step*W + r + 1)*B].
-            idx = perm[step * gbatch + part:step * gbatch + part + cfg.batch_size]
-            x = _as_float(_shift_part(tr_images[idx], shift_rng, recipe.data.max_shift, gbatch, part))
-            xs = gluon.utils.split_and_load(mx.nd.array(x), ctxs, even_split=False)
-            ys = gluon.utils.split_and_load(mx.nd.array(tr_labels[idx]), ctxs, even_split=False)
-            outs = []
-            with autograd.record():
-                for xb, yb in zip(xs, ys):
-                    cl, rl, probs = train_net(xb, yb)
-                    outs.append((cl, rl, probs, yb))
-                    (cl + rl).backward()
-            trainer.step(len(idx) * grad_scale)
-            if ema is not None:
-                ema.update(epoch * steps + step)
-            for cl, rl, probs, yb in outs:
-                sums += (cl.sum().asscalar(), rl.sum().asscalar(),
-                         (probs.argmax(axis=1) == yb).sum().asscalar())
-            seen += len(idx)
-            if bar:
-                bar.update(step + 1, (sums[0] + sums[1]) / seen, sums[2] / seen, seen / (time.time() - t0))
-        train_time = time.time() - t0
-        images_seen = seen * num_workers
-        if dist and not dist_async:  # the epoch's training metrics over all workers' images
-            total = mx.nd.array([sums[0], sums[1], sums[2], seen], dtype="float64")
-            out = mx.nd.zeros(4, dtype="float64")
-            kv.pushpull(_KEY_METRICS, total, out=out)
-            *sums, seen = out.asnumpy()
-            sums, images_seen = np.array(sums), seen
-        eval_net = ema.sync() if ema is not None else net   # validated, selected and saved
-        va_probs = predict_probabilities(eval_net, va_images, ctx=ctxs) if len(va_images) else None
-        va_acc = float((va_probs.argmax(1) == va_labels).mean()) if va_probs is not None else float("nan")
-        extra = {}
-        if ema is not None and va_probs is not None:
-            raw = predict_probabilities(net, va_images, ctx=ctxs)
-            extra["val_accuracy_raw"] = float((raw.argmax(1) == va_labels).mean())
-        metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[:2].sum() / seen,
-                   "train_class_loss": sums[0] / seen, "train_reco_loss": sums[1] / seen,
-                   "train_accuracy": sums[2] / seen, "val_accuracy": va_acc,
-                   "val_errors": int(round((1 - va_acc) * len(va_labels))) if va_probs is not None else None,
-                   "images_per_second": images_seen / train_time, "epoch_seconds": time.time() - t0,
-                   "train_images": int(images_seen), **extra}
-        metrics = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
-        history.append(metrics)
-        if va_probs is not None and va_acc > best["val_accuracy"]:
-            best = {"epoch": epoch + 1, "val_accuracy": va_acc}
-            if rank == 0:
-                with _writing(os.path.join(out_dir, "best.params")) as path:
-                    save_params(eval_net, path)
-        if rank == 0:
-            _write_checkpoint(out_dir, net, trainer, epoch + 1, history, best, save_states=not dist_async, ema=ema)
-        if log:
-            log(metrics)
+
+def _share_start(kv, rank, net, trainer, ctxs, dist_async):
+    """Before a distributed job's first step: give every worker rank 0's weights, run the
+    Trainer's kvstore set-up and (``dist_sync``) create the key epoch metrics are summed through."""
+    init_diff = _broadcast_params(kv, net, ctxs)
+    if init_diff > 0:
+        print(f"capszoo: worker {rank}: initial weights differed from rank 0's (max abs diff {init_diff:.3g}); "
+              "using rank 0's", file=sys.stderr)
+    _finish_kvstore_setup(trainer, net)
+    if not dist_async:
+        kv.init(_KEY_METRICS, mx.nd.zeros(4, dtype="float64"))
+
+
+def _write_run_json(out_dir, recipe, ctxs, kv, num_workers, init):
+    """Write ``run.json`` of a new run: the recipe and options (and the ``init`` files, if any)."""
+    with _writing(os.path.join(out_dir, "run.json")) as path:
+        atomic_write_json(path, {"recipe": recipe.to_dict(), "ctx": [str(c) for c in ctxs],
+                                 "kvstore": kv if isinstance(kv, str) else kv.type,
+                                 "num_workers": num_workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 **({"init": {"weights": init["weights"], "sha256": init["sha256"],
+                                              "log": init["log"], "log_sha256": init.get("log_sha256"),
+                                              "epochs": len(init["history"])}} if init else {})})
+
+
+def _train_epoch(train_net, trainer, ema, recipe, cfg, ctxs, tr_images, tr_labels, epoch, steps, rank, num_workers,
+                 grad_scale, progress):
+    """Run the ``steps`` optimizer steps of ``epoch`` on this worker's part of each global batch,
+    updating the moving average ``ema`` after each.
+
+    Returns ``(sums, seen, t0, train_time)``: the summed class loss, reconstruction loss and
+    correct predictions, the number of images, the start time and the seconds the steps took.
+    """
+    rng = np.random.default_rng([cfg.seed, epoch])
+    perm = rng.permutation(len(tr_images))
+    shift_rng = np.random.default_rng([cfg.seed, epoch, 1])
+    bar = _Progress(steps, epoch, cfg.epochs) if progress else None
+    t0 = time.time()
+    sums = np.zeros(3)  # class loss, reco loss, correct
+    seen = 0
+    gbatch = cfg.batch_size * num_workers
+    part = rank * cfg.batch_size
+    for step in range(steps):
+        # Worker r's images are part r of global batch `step`: perm[(step*W + r)*B : (step*W + r + 1)*B].
+        idx = perm[step * gbatch + part:step * gbatch + part + cfg.batch_size]
+        x = _as_float(_shift_part(tr_images[idx], shift_rng, recipe.data.max_shift, gbatch, part))
+        xs = gluon.utils.split_and_load(mx.nd.array(x), ctxs, even_split=False)
+        ys = gluon.utils.split_and_load(mx.nd.array(tr_labels[idx]), ctxs, even_split=False)
+        outs = []
+        with autograd.record():
+            for xb, yb in zip(xs, ys):
+                cl, rl, probs = train_net(xb, yb)
+                outs.append((cl, rl, probs, yb))
+                (cl + rl).backward()
+        trainer.step(len(idx) * grad_scale)
+        if ema is not None:
+            ema.update(epoch * steps + step)
+        for cl, rl, probs, yb in outs:
+            sums += (cl.sum().asscalar(), rl.sum().asscalar(),
+                     (probs.argmax(axis=1) == yb).sum().asscalar())
+        seen += len(idx)
+        if bar:
+            bar.update(step + 1, (sums[0] + sums[1]) / seen, sums[2] / seen, seen / (time.time() - t0))
+    return sums, seen, t0, time.time() - t0
+
+
+def _sum_over_workers(kv, sums, seen):
+    """``(sums, seen)`` of :func:`_train_epoch` summed over the workers of a ``dist_sync`` job."""
+    total = mx.nd.array([sums[0], sums[1], sums[2], seen], dtype="float64")
+    out = mx.nd.zeros(4, dtype="float64")
+    kv.pushpull(_KEY_METRICS, total, out=out)
+    *sums, seen = out.asnumpy()
+    return np.array(sums), seen
+
+
+def _validate(eval_net, net, ema, va_images, va_labels, ctxs):
+    """``(val_accuracy, val_errors, extra)`` of ``eval_net`` on the validation images (nan and
+    None without any); with a moving average, ``extra`` holds ``val_accuracy_raw``: ``net``'s."""
+    va_probs = predict_probabilities(eval_net, va_images, ctx=ctxs) if len(va_images) else None
+    va_acc = float((va_probs.argmax(1) == va_labels).mean()) if va_probs is not None else float("nan")
+    extra = {}
+    if ema is not None and va_probs is not None:
+        raw = predict_probabilities(net, va_images, ctx=ctxs)
+        extra["val_accuracy_raw"] = float((raw.argmax(1) == va_labels).mean())
+    va_errors = int(round((1 - va_acc) * len(va_labels))) if va_probs is not None else None
+    return va_acc, va_errors, extra
+
+
+def _epoch_metrics(epoch, lr, sums, seen, images_seen, train_time, t0, va_acc, va_errors, extra):
+    """The metrics line of 0-based ``epoch`` (plain floats), as ``metrics.jsonl`` records it."""
+    metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[:2].sum() / seen,
+               "train_class_loss": sums[0] / seen, "train_reco_loss": sums[1] / seen,
+               "train_accuracy": sums[2] / seen, "val_accuracy": va_acc, "val_errors": va_errors,
+               "images_per_second": images_seen / train_time, "epoch_seconds": time.time() - t0,
+               "train_images": int(images_seen), **extra}
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in metrics.items()}
+
+
+def _write_final_weights(out_dir, net, ema, best, rank):
+    """At the end of a run: ``best.params`` when there was no validation data (the last weights, the
+    moving average's if any, are the result; rank 0), and ``final-rank<R>.params`` when
+    :data:`SAVE_ALL_RANKS_ENV` asks for it (checking that workers agree)."""
     if best["epoch"] < 0 and rank == 0:  # no validation data: the last weights are the result
         with _writing(os.path.join(out_dir, "best.params")) as path:
             save_params(ema.sync() if ema is not None else net, path)
     if os.environ.get(SAVE_ALL_RANKS_ENV, "") not in ("", "0"):  # checking that workers agree
         with _writing(os.path.join(out_dir, f"final-rank{rank}.params")) as path:
             save_params(net, path)
-    return TrainResult(out_dir, len(history), best["epoch"], best["val_accuracy"], tuple(history))
 
 
 @contextlib.contextmanager

@@ -1,68 +1,69 @@
 """Pictures of a CapsNet: reconstructions, pose tweaks, feature space, summary graphic, training curve.
 
-Everything is drawn with Pillow alone (no plotting library), headless and
-deterministic: the same model, inputs and seed give the same bytes.
+Drawn with matplotlib (the Agg canvas; installed with ``pip install 'capszoo[viz]'``),
+imported only when a picture is drawn, so ``import capszoo`` stays fast.  Each
+drawing function returns a :class:`matplotlib.figure.Figure` of a fixed pixel
+size (100 dpi) whose axes, images, lines and texts are what tests and callers
+can inspect; :func:`save_image` writes it.
 
 >>> from capszoo import _visualize as vis
->>> vis.reconstruction_panel(model, images, labels=labels)          # doctest: +SKIP
->>> cells, grid = vis.tweak_images(model, image, dims=[11, 14, 16])  # doctest: +SKIP
->>> vis.feature_space_plot(model, images, labels, seed=0)           # doctest: +SKIP
->>> vis.save_summary(model.info(), "summary.svg")                   # doctest: +SKIP
+>>> fig = vis.reconstruction_panel(model, images, labels=labels)      # doctest: +SKIP
+>>> cells, grid = vis.tweak_images(model, image, dims=[11, 14, 16])   # doctest: +SKIP
+>>> vis.feature_space_plot(model, images, labels, seed=0)             # doctest: +SKIP
+>>> vis.save_summary(model.info(), "summary.svg")                     # doctest: +SKIP
 >>> vis.training_curve("runs/capsnet-mnist/metrics.jsonl", "training.png")  # doctest: +SKIP
 
 Digits are shown as the net sees them: light ink on a dark field, 28x28,
-enlarged by an integer factor with nearest-neighbour sampling, so each tile's
-pixels are exactly the image's pixels repeated.
+enlarged by an integer factor with nearest-neighbour sampling.
 
-Output files (:func:`save_image`, :func:`save_summary`) are written
-atomically; the format comes from the extension (.png, .jpg/.jpeg, and .svg
-for the summary graphic).  An unknown extension raises
-:class:`~capszoo.errors.InvalidInputError`; a path that cannot be written
-(missing folder, a folder, no permission, disk full) raises
-:class:`~capszoo.errors.ExportError` and leaves no file behind.
+Output files are written atomically; the format comes from the extension
+(.png, .jpg/.jpeg, and .svg for the summary graphic).  PNG and JPEG are the
+Agg canvas's pixels written by Pillow (no metadata), SVG is matplotlib's with a
+fixed hash salt and no date, so the same inputs give the same bytes.  An
+unknown extension raises :class:`~capszoo.errors.InvalidInputError`; a path
+that cannot be written raises :class:`~capszoo.errors.ExportError` and leaves
+no file behind; so does a missing matplotlib, naming the extra to install.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import functools
 import json
-import itertools
 import math
 import os
-from typing import Tuple
-from xml.sax.saxutils import escape
+import textwrap
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-from ._io import atomic_path, atomic_write_bytes
-from .errors import ExportError, InvalidInputError
+from ._io import atomic_path
+from .errors import ExportError, InvalidInputError, SubnetNotFoundError
 
 __all__ = [
     "PALETTE",
     "DEFAULT_OFFSETS",
     "MAX_OFFSETS",
     "reconstruction_panel",
-    "reconstruction_layout",
     "tweak_images",
     "tweak_grid",
-    "tweak_layout",
     "parse_dims",
     "parse_range",
+    "parse_labels",
     "project_features",
     "feature_space_plot",
-    "feature_plot_layout",
     "summary_graphic",
-    "summary_svg",
+    "routing_figure",
+    "capsule_mosaic",
     "save_image",
     "save_summary",
+    "to_image",
+    "pixel_size",
     "output_format",
     "check_output_path",
-    "parse_labels",
+    "require_matplotlib",
     "training_curve",
-    "training_curve_layout",
 ]
 
-#: Ten distinct class colours (the "tab10" palette), class ``k`` gets ``PALETTE[k]``.
+#: Ten distinct class colours (matplotlib's "tab10"), class ``k`` gets ``PALETTE[k]``.
 PALETTE = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
@@ -72,112 +73,133 @@ DEFAULT_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 10) + 0.0
 #: Most offsets (columns) a tweak grid may have.
 MAX_OFFSETS = 41
 CAPSULE_DIM = 16
+VIZ_INSTALL = "pip install 'capszoo[viz]'"
 
-_WHITE = (255, 255, 255)
-_INK = (25, 25, 25)
-_MUTED = (95, 95, 95)
-_RULE = (200, 200, 200)
-_WRONG = (200, 20, 20)
-_FRAME = (31, 119, 180)
-_BOX_FILL = (236, 243, 250)
-_BOX_EDGE = (70, 110, 160)
-_TITLE, _TEXT, _SMALL = 20, 14, 13
-_MARGIN = 20
-_MIN_WIDTH = 540
-
+_DPI = 100
+_INK, _MUTED, _WRONG, _GRID = "#191919", "#5f5f5f", "#c81414", "#e6e6e6"
+_TITLE, _TEXT, _SMALL = 14, 10, 9          # font sizes in points
+_MARGIN = 20                               # px
+_LINE = {_TITLE: 24, _TEXT: 17, _SMALL: 15}  # px per line of text of each size
+_RC = {"font.family": "DejaVu Sans", "font.size": _TEXT, "axes.titlesize": 11, "axes.labelsize": _TEXT,
+       "xtick.labelsize": _SMALL, "ytick.labelsize": _SMALL, "legend.fontsize": _SMALL,
+       "axes.edgecolor": _INK, "text.color": _INK, "axes.labelcolor": _INK, "xtick.color": _INK,
+       "ytick.color": _INK, "figure.dpi": _DPI, "savefig.dpi": _DPI, "svg.fonttype": "none",
+       "svg.hashsalt": "capszoo", "text.parse_math": False}
 _IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
 
 
-# -- text --------------------------------------------------------------------------------------
-_FONTS = {}
+def _hex(rgb):
+    return "#%02x%02x%02x" % tuple(rgb)
 
 
-def _font(size):
-    """The built-in scalable font at ``size`` px (Pillow >= 10.1); older Pillow: the bitmap font."""
-    f = _FONTS.get(size)
-    if f is None:
-        try:
-            f = ImageFont.load_default(size=size)
-        except TypeError:  # pragma: no cover - Pillow < 10.1
-            f = ImageFont.load_default()
-        _FONTS[size] = f
-    return f
+# -- matplotlib --------------------------------------------------------------------------------
+def require_matplotlib():
+    """Import matplotlib (Agg canvas, no pyplot); ExportError with the install command when it is missing."""
+    try:
+        import matplotlib
+        import matplotlib.style  # noqa: F401
+        from matplotlib.backends import backend_agg  # noqa: F401
+    except ImportError:
+        raise ExportError(f"drawing pictures needs matplotlib, which is not installed; install it with "
+                          f"{VIZ_INSTALL}") from None
+    return matplotlib
 
 
-def _line_h(size):
-    """Height of one line of text of ``size`` (ascender to descender)."""
-    f = _font(size)
-    if hasattr(f, "getmetrics"):
-        asc, desc = f.getmetrics()
-        return asc + desc
-    return f.getbbox("Hgjy")[3]  # pragma: no cover
+@contextlib.contextmanager
+def _style():
+    """matplotlib's defaults plus capszoo's fonts and sizes, whatever the user's matplotlibrc says."""
+    mpl = require_matplotlib()
+    with mpl.style.context(["default", _RC]):
+        yield
 
 
-def _ascent(size):
-    f = _font(size)
-    return f.getmetrics()[0] if hasattr(f, "getmetrics") else _line_h(size)
+def _drawing(fn):
+    """Run ``fn`` in :func:`_style` (matplotlib is imported here, on first use)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _style():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
-def _text_w(text, size):
-    return int(math.ceil(_font(size).getlength(text)))
+def _figure(width, height):
+    """A white Figure of ``width`` x ``height`` pixels on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # a hair over the size: Agg truncates width * dpi to pixels, and 19.31 in * 100 dpi is 1930.99...
+    fig = Figure(figsize=((width + 0.01) / _DPI, (height + 0.01) / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _text(draw, x, y, text, size=_TEXT, fill=_INK, align="left"):
-    """Draw one line with its top (ascender line) at ``y``; ``x`` is its left, centre or right."""
-    w = _font(size).getlength(text)
-    x0 = x - w / 2 if align == "center" else x - w if align == "right" else x
-    draw.text((int(round(x0)), int(y)), text, font=_font(size), fill=fill)
+def _axes(fig, left, top, width, height):
+    """Axes at a pixel box given from the top-left corner of ``fig``."""
+    w, h = fig.bbox.width, fig.bbox.height
+    return fig.add_axes((left / w, 1 - (top + height) / h, width / w, height / h))
 
 
-def _wrap(text, size, width):
-    """Greedy word wrap of ``text`` into lines no wider than ``width`` px (long words stay whole)."""
-    lines, cur = [], ""
-    for word in text.split():
-        cand = word if not cur else cur + " " + word
-        if not cur or _text_w(cand, size) <= width:
-            cur = cand
-        else:
-            lines.append(cur)
-            cur = word
-    if cur:
-        lines.append(cur)
-    return lines
+def _text(fig, x, y, text, size=_TEXT, color=_INK, **kw):
+    """Figure text with its top at pixel ``y`` from the top (``x`` from the left)."""
+    w, h = fig.bbox.width, fig.bbox.height
+    kw.setdefault("va", "top")
+    return fig.text(x / w, 1 - y / h, text, fontsize=size, color=color, **kw)
 
 
-def _fit(text, size, width):
-    """``text`` shortened with "..." until it fits ``width`` px."""
-    if _text_w(text, size) <= width:
-        return text
-    while text and _text_w(text + "...", size) > width:
-        text = text[:-1]
-    return text + "..."
+def _wrap(text, width_px, size):
+    """``text`` broken into lines that fit ``width_px`` (DejaVu Sans averages about 0.52 em per character)."""
+    return textwrap.wrap(text, max(20, int(width_px / (0.52 * size * _DPI / 72)))) if text else []
 
 
-def _vtext(canvas, cx, cy, text, size=_TEXT, fill=_INK):
-    """Draw ``text`` rotated 90 degrees (reading upwards) centred on ``(cx, cy)``."""
-    w, h = _text_w(text, size) + 2, _line_h(size)
-    mask = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(mask).text((1, 0), text, font=_font(size), fill=255)
-    mask = mask.rotate(90, expand=True)
-    canvas.paste(Image.new("RGB", mask.size, fill), (int(cx - mask.width / 2), int(cy - mask.height / 2)), mask)
-
-
-def _paragraph_h(lines, size, spacing=2):
-    return len(lines) * (_line_h(size) + spacing)
-
-
-def _draw_paragraph(draw, x, y, lines, size, fill=_MUTED, spacing=2):
+def _paragraph(fig, y, lines, size=_SMALL, color=_MUTED):
+    """Lines of small print from pixel ``y`` down; returns the ``y`` under them."""
     for line in lines:
-        _text(draw, x, y, line, size, fill)
-        y += _line_h(size) + spacing
+        _text(fig, _MARGIN, y, line, size, color)
+        y += _LINE[size]
     return y
 
 
-def _tile(arr28, scale):
-    """A 28x28 [0, 1] array or L image enlarged ``scale`` times (nearest), as an L image."""
-    img = arr28 if isinstance(arr28, Image.Image) else \
-        Image.fromarray(np.clip(np.asarray(arr28).reshape(28, 28) * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    return img.convert("L").resize((img.width * scale, img.height * scale), Image.NEAREST)
+def _measurer():
+    """``width(text, size)``: the width in pixels of one line of ``text`` at ``size`` points."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer, props = RendererAgg(1, 1, _DPI), {}
+
+    def width(text, size):
+        if size not in props:
+            props[size] = FontProperties(size=size)
+        return renderer.get_text_width_height_descent(text, props[size], ismath=False)[0]
+    return width
+
+
+def pixel_size(picture):
+    """``(width, height)`` in pixels of a Figure or a PIL image."""
+    if hasattr(picture, "get_size_inches"):
+        w, h = picture.get_size_inches() * picture.dpi
+        return int(w), int(h)   # as Agg renders it
+    return picture.size
+
+
+def to_image(picture):
+    """A Figure rendered by Agg as a PIL RGB image (a PIL image is returned as it is)."""
+    if not hasattr(picture, "get_size_inches"):
+        return picture
+    from PIL import Image
+
+    with _style():
+        picture.canvas.draw()
+        rgba = np.asarray(picture.canvas.buffer_rgba())
+    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]), "RGB")
+
+
+def _tile(ax, arr, x, y, label=None):
+    """Show a 28x28 image (uint8 or [0, 1] floats) with its top-left corner at data ``(x, y)``."""
+    a = np.asarray(arr)
+    if a.dtype != np.uint8:
+        a = np.clip(a.reshape(28, 28) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return ax.imshow(a.reshape(28, 28), cmap="gray", vmin=0, vmax=255, interpolation="nearest",
+                     extent=(x, x + 28, y + 28, y), label=label)
 
 
 # -- output files ------------------------------------------------------------------------------
@@ -198,11 +220,7 @@ def output_format(path, *, svg=False):
     return allowed[ext]
 
 
-def check_output_path(path, *, svg=False):
-    """Check ``path`` before any work: known extension and a writable folder.  Returns the format.
-
-    Raises InvalidInputError (extension) or ExportError (cannot be written).
-    """
+def _check_path(path, *, svg=False):
     fmt = output_format(path, svg=svg)
     p = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(p))
@@ -217,34 +235,47 @@ def check_output_path(path, *, svg=False):
     return fmt
 
 
+def check_output_path(path, *, svg=False):
+    """Check, before any work, that a picture can be drawn into ``path``: a known extension, a
+    writable folder, and matplotlib installed.  Returns the format ("PNG", "JPEG", "SVG").
+
+    Raises InvalidInputError (extension) or ExportError (cannot be written; no matplotlib).
+    """
+    fmt = _check_path(path, svg=svg)
+    require_matplotlib()
+    return fmt
+
+
 def _os_reason(exc):
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
-def save_image(img, path):
-    """Write PIL image ``img`` to ``path`` atomically (.png, .jpg, .jpeg); returns ``path``."""
-    fmt = check_output_path(path)
-    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")
+def save_image(picture, path):
+    """Write ``picture`` (a Figure or a PIL image) to ``path`` atomically; returns ``path``.
+
+    .png, .jpg and .jpeg for both; .svg for a Figure.
+    """
+    is_figure = hasattr(picture, "savefig")
+    fmt = _check_path(path, svg=is_figure)
     try:
         with atomic_path(path) as tmp:
-            img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            if fmt == "SVG":
+                with _style():
+                    picture.savefig(tmp, format="svg", metadata={"Date": None})
+            else:
+                img = to_image(picture)
+                if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+                    img = img.convert("RGB")
+                img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     except OSError as exc:
         raise ExportError(f"cannot write {os.fspath(path)!r}: {_os_reason(exc)}") from None
     return path
 
 
 def save_summary(info, path):
-    """Write the summary graphic of ``info`` to ``path``: SVG for .svg, else a PNG/JPEG picture."""
-    fmt = check_output_path(path, svg=True)
-    if fmt != "SVG":
-        return save_image(summary_graphic(info), path)
-    data = summary_svg(info).encode("utf-8")
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise ExportError(f"cannot write {os.fspath(path)!r}: {_os_reason(exc)}") from None
-    return path
+    """Write the summary graphic of ``info`` to ``path``: .svg, .png, .jpg or .jpeg."""
+    check_output_path(path, svg=True)
+    return save_image(summary_graphic(info), path)
 
 
 # -- shared checks -----------------------------------------------------------------------------
@@ -256,18 +287,24 @@ def _check_int(value, what, lo, hi=None):
     return int(value)
 
 
+def _need_decoder(model, what):
+    """SubnetNotFoundError unless ``model``'s net has the Reconstruct sub-net ``what`` needs."""
+    names = getattr(getattr(model, "net", None), "subnet_names", None) or getattr(model, "subnet_names", ())
+    if "Reconstruct" not in tuple(names):
+        name = getattr(getattr(model, "card", None), "name", "this model")
+        raise SubnetNotFoundError(f"{what} needs the Reconstruct sub-net (a decoder), but {name} has none; its "
+                                  f"sub-nets: {', '.join(names)}; use a model trained with a decoder")
+
+
 def _run(model, images, polarity, batch_size=128, need_reco=True):
-    """Encode ``images`` and run the net once: (x numpy (N,28,28), probs, capsules, reconstructions)."""
+    """Encode ``images`` and run the net once: (x numpy (N,28,28), probs, capsules, reconstructions);
+    the outputs the entry lacks are None."""
     x = model.encode(images, polarity=polarity)
     if x.shape[0] == 0:
         raise InvalidInputError("no images given (empty batch)")
-    probs, caps, recos = model._run(x, batch_size, need_reco=need_reco)
-    return x.asnumpy()[:, 0], probs, caps, recos
-
-
-def _predicted(model, probs):
-    classes = model.card.classes
-    return [classes[int(i)] for i in probs.argmax(axis=1)]
+    outs = dict(zip(model.card.outputs, model.run(x, batch_size=batch_size, need_reco=need_reco)))
+    x = x.asnumpy() if hasattr(x, "asnumpy") else np.asarray(x)
+    return x[:, 0], outs["probabilities"], outs.get("capsule"), outs.get("reconstruction")
 
 
 def _class_index(model, label, where):
@@ -281,6 +318,28 @@ def _class_index(model, label, where):
                                 f"({', '.join(map(str, classes))})") from None
 
 
+def _check_labels(model, labels, n):
+    if labels is None:
+        return None
+    labels = list(labels)
+    if len(labels) != n:
+        raise InvalidInputError(f"labels: got {len(labels)} labels for {n} images")
+    return [_class_index(model, lab, f"label {i}") for i, lab in enumerate(labels)]
+
+
+def parse_labels(spec, count=None):
+    """Parse comma-separated integer class labels (``"7,2,1"``); ``count`` checks how many."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    try:
+        labels = [int(p) for p in parts]
+    except ValueError:
+        raise InvalidInputError(f"cannot parse labels {spec!r}; give integers separated by commas, "
+                                f"e.g. 7,2,1") from None
+    if count is not None and len(labels) != count:
+        raise InvalidInputError(f"labels: got {len(labels)} labels for {count} images")
+    return labels
+
+
 # -- 1. reconstructions ------------------------------------------------------------------------
 _REC_HEAD = ("Left: the input as the net sees it (28 x 28). Right: what the Reconstruct sub-net decodes "
              "from the 16-D capsule of the predicted class.")
@@ -288,77 +347,14 @@ _REC_LEGEND = "pred: predicted class (the longest digit capsule)."
 _REC_LEGEND_LABELS = " true: the given label; a red caption marks a wrong prediction."
 
 
-@dataclasses.dataclass(frozen=True)
-class ReconstructionLayout:
-    """Geometry of :func:`reconstruction_panel`: picture size and where each tile goes."""
-
-    n: int
-    columns: int
-    scale: int
-    size: Tuple[int, int]
-    grid_origin: Tuple[int, int]
-    pair_pitch: Tuple[int, int]
-    inner_gap: int
-    head_lines: Tuple[str, ...]
-    legend_lines: Tuple[str, ...]
-    note_lines: Tuple[str, ...]
-    legend_y: int
-
-    @property
-    def tile(self):
-        return 28 * self.scale
-
-    @property
-    def rows(self):
-        return -(-self.n // self.columns)
-
-    def input_box(self, i):
-        """(left, top, right, bottom) of input ``i``'s tile."""
-        r, c = divmod(i, self.columns)
-        x = self.grid_origin[0] + c * self.pair_pitch[0]
-        y = self.grid_origin[1] + r * self.pair_pitch[1]
-        return (x, y, x + self.tile, y + self.tile)
-
-    def reconstruction_box(self, i):
-        """(left, top, right, bottom) of reconstruction ``i``'s tile (right of its input)."""
-        x0, y0, x1, y1 = self.input_box(i)
-        d = self.tile + self.inner_gap
-        return (x0 + d, y0, x1 + d, y1)
-
-
-def reconstruction_layout(n, *, columns=None, scale=3, labels=False, note=None):
-    """The :class:`ReconstructionLayout` of a panel of ``n`` inputs (``columns`` pairs per row)."""
-    n = _check_int(n, "the number of images", 1)
-    columns = min(n, 5) if columns is None else _check_int(columns, "columns", 1)
-    columns = min(columns, n)
-    scale = _check_int(scale, "scale", 1, 16)
-    tile, inner, gap_x, gap_y = 28 * scale, 6, 28, 16
-    pair_w = 2 * tile + inner
-    caption_h = _line_h(_TEXT) + 8
-    grid_w = columns * pair_w + (columns - 1) * gap_x
-    width = max(grid_w + 2 * _MARGIN, _MIN_WIDTH)
-    text_w = width - 2 * _MARGIN
-    head = tuple(_wrap(_REC_HEAD, _SMALL, text_w))
-    legend = tuple(_wrap(_REC_LEGEND + (_REC_LEGEND_LABELS if labels else ""), _SMALL, text_w))
-    notes = tuple(_wrap(note, _SMALL, text_w)) if note else ()
-    rows = -(-n // columns)
-    top = 14 + _line_h(_TITLE) + 6 + _paragraph_h(head, _SMALL) + 12 + _line_h(_SMALL) + 6
-    grid_h = rows * (tile + caption_h) + (rows - 1) * gap_y
-    height = top + grid_h + 10 + _paragraph_h(legend, _SMALL) + _paragraph_h(notes, _SMALL) + 14
-    return ReconstructionLayout(n=n, columns=columns, scale=scale, size=(width, height),
-                                grid_origin=((width - grid_w) // 2, top),
-                                pair_pitch=(pair_w + gap_x, tile + caption_h + gap_y), inner_gap=inner,
-                                head_lines=head, legend_lines=legend, note_lines=notes,
-                                legend_y=top + grid_h + 10)
-
-
+@_drawing
 def reconstruction_panel(model, images, *, labels=None, columns=None, scale=3, polarity="auto", note=None,
                          return_images=False):
     """Each input beside its reconstruction, captioned with the predicted class (and true label).
 
     Parameters
     ----------
-    model : CapsNetModel
+    model : CapsNetModel (with a Reconstruct sub-net)
     images : image, list of images or batch
         Anything ``model(...)`` accepts; one image gives a one-pair panel.
     labels : sequence, optional
@@ -374,50 +370,51 @@ def reconstruction_panel(model, images, *, labels=None, columns=None, scale=3, p
 
     Returns
     -------
-    PIL.Image (RGB), or ``(panel, reconstructions)``.  Tile positions are given by
-    :func:`reconstruction_layout` with the same arguments.
+    matplotlib Figure, or ``(figure, reconstructions)``.  Its one axes holds an
+    image per tile, labelled ``"input i"`` and ``"reconstruction i"``, and a
+    caption per pair.
     """
     from ._api import _to_pil
 
+    _need_decoder(model, "a reconstruction panel")
+    scale = _check_int(scale, "scale", 1, 16)
     x, probs, _, recos = _run(model, images, polarity)
     n = len(x)
-    if labels is not None:
-        labels = list(labels)
-        if len(labels) != n:
-            raise InvalidInputError(f"labels: got {len(labels)} labels for {n} images")
-        for i, lab in enumerate(labels):
-            _class_index(model, lab, f"label {i}")
-    lay = reconstruction_layout(n, columns=columns, scale=scale, labels=labels is not None, note=note)
-    pred = _predicted(model, probs)
-    rec_images = [_to_pil(r) for r in recos]
-
-    canvas = Image.new("RGB", lay.size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    width = lay.size[0]
-    y = 14
-    _text(draw, _MARGIN, y, _fit(f"Reconstructions by {model.card.name}", _TITLE, width - 2 * _MARGIN),
-          _TITLE)
-    y += _line_h(_TITLE) + 6
-    _draw_paragraph(draw, _MARGIN, y, lay.head_lines, _SMALL)
-    for c in range(lay.columns):
-        bi, br = lay.input_box(c), lay.reconstruction_box(c)
-        hy = bi[1] - 6 - _line_h(_SMALL)
-        _text(draw, (bi[0] + bi[2]) / 2, hy, "input", _SMALL, _MUTED, "center")
-        _text(draw, (br[0] + br[2]) / 2, hy, "reconstruction", _SMALL, _MUTED, "center")
+    cols = min(n, 5 if columns is None else _check_int(columns, "columns", 1))
+    truth = _check_labels(model, labels, n)
+    pred = probs.argmax(axis=1)
+    rows = -(-n // cols)
+    # gaps in tile pixels, so that every tile lands on whole screen pixels
+    inner, gap_x, caption, gap_y = (-(-px // scale) for px in (6, 28, 26, 12))
+    pitch_x, pitch_y = 56 + inner + gap_x, 28 + caption + gap_y
+    grid_w, grid_h = (cols * pitch_x - gap_x) * scale, (rows * pitch_y - gap_y) * scale
+    width = max(grid_w + 2 * _MARGIN, 540)
+    head = _wrap(_REC_HEAD, width - 2 * _MARGIN, _SMALL)
+    legend = _wrap(_REC_LEGEND + (_REC_LEGEND_LABELS if truth else ""), width - 2 * _MARGIN, _SMALL)
+    notes = _wrap(note, width - 2 * _MARGIN, _SMALL)
+    top = 14 + _LINE[_TITLE] + 4 + len(head) * _LINE[_SMALL] + 10 + _LINE[_SMALL]
+    fig = _figure(width, top + grid_h + 10 + (len(legend) + len(notes)) * _LINE[_SMALL] + 10)
+    _text(fig, _MARGIN, 14, f"Reconstructions by {model.card.name}", _TITLE)
+    _paragraph(fig, 14 + _LINE[_TITLE] + 4, head)
+    ax = _axes(fig, (width - grid_w) // 2, top, grid_w, grid_h)
+    ax.set_axis_off()
+    classes = model.card.classes
     for i in range(n):
-        bi, br = lay.input_box(i), lay.reconstruction_box(i)
-        canvas.paste(_tile(x[i], lay.scale), bi[:2])
-        canvas.paste(_tile(rec_images[i], lay.scale), br[:2])
-        caption = f"pred {pred[i]}"
-        colour = _INK
-        if labels is not None:
-            caption += f"  \u00b7  true {labels[i]}"
-            if _class_index(model, labels[i], "") != _class_index(model, pred[i], ""):
-                colour = _WRONG
-        _text(draw, (bi[0] + br[2]) / 2, bi[3] + 5, caption, _TEXT, colour, "center")
-    y = _draw_paragraph(draw, _MARGIN, lay.legend_y, lay.legend_lines, _SMALL)
-    _draw_paragraph(draw, _MARGIN, y, lay.note_lines, _SMALL)
-    return (canvas, rec_images) if return_images else canvas
+        r, c = divmod(i, cols)
+        x0, y0 = c * pitch_x, r * pitch_y
+        _tile(ax, x[i], x0, y0, f"input {i}")
+        _tile(ax, recos[i], x0 + 28 + inner, y0, f"reconstruction {i}")
+        wrong = truth is not None and truth[i] != pred[i]
+        text = f"pred {classes[pred[i]]}" + (f"  \u00b7  true {classes[truth[i]]}" if truth is not None else "")
+        ax.annotate(text, (x0 + 28 + inner / 2, y0 + 28), xytext=(0, -4), textcoords="offset points",
+                    ha="center", va="top", fontsize=_TEXT, color=_WRONG if wrong else _INK, gid=f"caption {i}")
+    for c in range(cols):
+        for dx, what in ((14, "input"), (42 + inner, "reconstruction")):
+            ax.annotate(what, (c * pitch_x + dx, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=_SMALL, color=_MUTED)
+    ax.set(xlim=(0, grid_w / scale), ylim=(grid_h / scale, 0))
+    _paragraph(fig, _paragraph(fig, top + grid_h + 10, legend), notes)
+    return (fig, [_to_pil(r) for r in recos]) if return_images else fig
 
 
 # -- 2. pose tweaks ----------------------------------------------------------------------------
@@ -524,71 +521,11 @@ def parse_range(spec):
     return _check_offsets(start + step * np.arange(count))
 
 
-@dataclasses.dataclass(frozen=True)
-class TweakLayout:
-    """Geometry of the tweak grid: picture size and the box of each cell."""
-
-    rows: int
-    cols: int
-    scale: int
-    size: Tuple[int, int]
-    grid_origin: Tuple[int, int]
-    gap: int
-    input_origin: Tuple[int, int]
-    head_lines: Tuple[str, ...]
-    note_lines: Tuple[str, ...]
-    note_y: int
-
-    @property
-    def tile(self):
-        return 28 * self.scale
-
-    def cell_box(self, r, c):
-        """(left, top, right, bottom) of the cell in row ``r`` (dimension) and column ``c`` (offset)."""
-        if not (0 <= r < self.rows and 0 <= c < self.cols):
-            raise IndexError(f"cell ({r}, {c}) outside a {self.rows} x {self.cols} grid")
-        x = self.grid_origin[0] + c * (self.tile + self.gap)
-        y = self.grid_origin[1] + r * (self.tile + self.gap)
-        return (x, y, x + self.tile, y + self.tile)
-
-    def input_box(self):
-        x, y = self.input_origin
-        return (x, y, x + self.tile, y + self.tile)
-
-
-_TWEAK_AXIS = "capsule dimension"
-_TWEAK_HEAD = ("Each cell decodes the capsule with one dimension shifted: Reconstruct(capsule + offset · e_dim). "
+_TWEAK_HEAD = ("Each cell decodes the capsule with one dimension shifted: Reconstruct(capsule + offset \u00b7 e_dim). "
                "The framed column (offset 0) is the untweaked reconstruction.")
 
 
-def tweak_layout(rows, cols, *, scale=2, note=None):
-    """The :class:`TweakLayout` of a grid of ``rows`` dimensions by ``cols`` offsets."""
-    rows = _check_int(rows, "rows", 1, CAPSULE_DIM)
-    cols = _check_int(cols, "cols", 1, MAX_OFFSETS)
-    scale = _check_int(scale, "scale", 1, 16)
-    tile, gap = 28 * scale, 8
-    axis_w = _line_h(_TEXT) + 8
-    label_w = _text_w(f"dim {CAPSULE_DIM}", _TEXT) + 12
-    grid_x = _MARGIN + axis_w + label_w
-    grid_w = cols * tile + (cols - 1) * gap
-    panel_w = max(tile, _text_w("input", _TEXT), _text_w("pred 0", _TEXT)) + 16
-    width = max(grid_x + grid_w + 24 + panel_w + _MARGIN, _MIN_WIDTH)
-    text_w = width - 2 * _MARGIN
-    head = tuple(_wrap(_TWEAK_HEAD, _SMALL, text_w))
-    notes = tuple(_wrap(note, _SMALL, text_w)) if note else ()
-    grid_y = 14 + _line_h(_TITLE) + 6 + _paragraph_h(head, _SMALL) + 12 + _line_h(_SMALL) + 6 \
-        + _line_h(_TEXT) + 8
-    grid_h = rows * tile + (rows - 1) * gap
-    panel_h = _line_h(_TEXT) + 6 + tile + 6 + _line_h(_TEXT)
-    body_h = max(grid_h, panel_h, _text_w(_TWEAK_AXIS, _TEXT) + 4)
-    height = grid_y + body_h + 12 + _paragraph_h(notes, _SMALL) + 10
-    in_x = grid_x + grid_w + 24 + (panel_w - tile) // 2
-    in_y = grid_y + _line_h(_TEXT) + 6
-    return TweakLayout(rows=rows, cols=cols, scale=scale, size=(width, height), grid_origin=(grid_x, grid_y),
-                       gap=gap, input_origin=(in_x, in_y), head_lines=head, note_lines=notes,
-                       note_y=grid_y + body_h + 12)
-
-
+@_drawing
 def tweak_images(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, polarity="auto", note=None):
     """Reconstructions of an image's capsule with one dimension tweaked (Hinton's pose grid).
 
@@ -599,7 +536,7 @@ def tweak_images(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, p
 
     Parameters
     ----------
-    model : CapsNetModel
+    model : CapsNetModel (with a Reconstruct sub-net)
     image : one image (path, PIL image, 2-D array, ...)
     dims : list of int, "all" or None
         Capsule dimensions 1..16 (default all 16), one row each.
@@ -614,66 +551,159 @@ def tweak_images(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, p
     -------
     images : list of lists of PIL.Image
         ``images[r][c]`` (28x28, mode "L") for ``dims[r]`` and ``offsets[c]``.
-    grid : PIL.Image
-        The labelled grid (what :func:`tweak_grid` returns); cell positions from
-        :func:`tweak_layout`.
+    grid : matplotlib Figure
+        Its first axes holds one image per cell (labelled ``"dim d, offset o"``),
+        the offsets as x tick labels and the dimensions as y tick labels at the
+        cell centres; its second axes shows the input.
     """
+    _need_decoder(model, "a pose-tweak grid")
     dims = _check_dims(dims)
     offs = _check_offsets(offsets)
+    scale = _check_int(scale, "scale", 1, 16)
     x, probs, caps, _ = _run(model, image, polarity, need_reco=False)
     if len(x) != 1:
         raise InvalidInputError(f"tweak takes one image, got {len(x)}")
-    lay = tweak_layout(len(dims), len(offs), scale=scale, note=note)
     v = caps[0].astype(np.float64)
     eye = np.eye(CAPSULE_DIM)[[d - 1 for d in dims]]                      # (R, 16)
     vecs = v[None, None, :] + offs[None, :, None] * eye[:, None, :]       # (R, C, 16)
     flat = model.reconstruct(vecs.reshape(-1, CAPSULE_DIM))
     base = model.reconstruct(caps[0])  # offset 0: exactly the untweaked capsule's reconstruction
-    cols = len(offs)
-    images = [[base if offs[c] == 0 else flat[r * cols + c] for c in range(cols)] for r in range(len(dims))]
-    pred = _predicted(model, probs)[0]
+    rows, cols = len(dims), len(offs)
+    images = [[base if offs[c] == 0 else flat[r * cols + c] for c in range(cols)] for r in range(rows)]
+    pred = model.card.classes[int(probs[0].argmax())]
+    return images, _tweak_figure(model.card.name, pred, x[0], images, dims, offs, scale, note)
 
-    canvas = Image.new("RGB", lay.size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    width = lay.size[0]
-    y = 14
-    _text(draw, _MARGIN, y, _fit(f"Pose tweaks of {model.card.name}, predicted class {pred}",
-                                 _TITLE, width - 2 * _MARGIN), _TITLE)
-    y += _line_h(_TITLE) + 6
-    _draw_paragraph(draw, _MARGIN, y, lay.head_lines, _SMALL)
-    gx, gy = lay.grid_origin
-    grid_w = cols * lay.tile + (cols - 1) * lay.gap
-    grid_h = len(dims) * lay.tile + (len(dims) - 1) * lay.gap
-    col_label_y = gy - 6 - _line_h(_TEXT)
-    _text(draw, gx + grid_w / 2, col_label_y - 6 - _line_h(_SMALL), "offset added to the dimension",
-          _SMALL, _MUTED, "center")
-    axis_len = _text_w(_TWEAK_AXIS, _TEXT)
-    _vtext(canvas, _MARGIN + _line_h(_TEXT) / 2, gy + max(grid_h, axis_len) / 2, _TWEAK_AXIS, _TEXT, _MUTED)
-    decimals = _offset_decimals(offs)
-    for c, o in enumerate(offs):
-        b = lay.cell_box(0, c)
-        _text(draw, (b[0] + b[2]) / 2, col_label_y, _offset_label(o, decimals), _TEXT,
-              _FRAME if o == 0 else _INK, "center")
-        if o == 0:
-            last = lay.cell_box(len(dims) - 1, c)
-            draw.rectangle((b[0] - 4, b[1] - 4, last[2] + 3, last[3] + 3), outline=_FRAME, width=2)
+
+def _tweak_figure(name, pred, x, images, dims, offs, scale, note):
+    rows, cols = len(dims), len(offs)
+    gap = -(-8 // scale)
+    pitch = 28 + gap
+    grid_w, grid_h = (cols * pitch - gap) * scale, (rows * pitch - gap) * scale
+    left, tile = _MARGIN + 100, 28 * scale
+    width = max(left + grid_w + 30 + max(tile, 60) + _MARGIN, 540)
+    head = _wrap(_TWEAK_HEAD, width - 2 * _MARGIN, _SMALL)
+    notes = _wrap(note, width - 2 * _MARGIN, _SMALL)
+    top = 14 + _LINE[_TITLE] + 4 + len(head) * _LINE[_SMALL] + 52
+    body = max(grid_h, 140)
+    fig = _figure(width, top + body + 16 + len(notes) * _LINE[_SMALL] + 8)
+    _text(fig, _MARGIN, 14, f"Pose tweaks of {name}, predicted class {pred}", _TITLE)
+    _paragraph(fig, 14 + _LINE[_TITLE] + 4, head)
+    ax = _axes(fig, left, top, grid_w, grid_h)
     for r, d in enumerate(dims):
-        b = lay.cell_box(r, 0)
-        _text(draw, b[0] - 10, (b[1] + b[3]) / 2 - _line_h(_TEXT) / 2, f"dim {d}", _TEXT, _INK, "right")
-        for c in range(cols):
-            canvas.paste(_tile(images[r][c], lay.scale), lay.cell_box(r, c)[:2])
-    ib = lay.input_box()
-    cx = (ib[0] + ib[2]) / 2
-    _text(draw, cx, ib[1] - 6 - _line_h(_TEXT), "input", _TEXT, _MUTED, "center")
-    canvas.paste(_tile(x[0], lay.scale), ib[:2])
-    _text(draw, cx, ib[3] + 6, f"pred {pred}", _TEXT, _INK, "center")
-    _draw_paragraph(draw, _MARGIN, lay.note_y, lay.note_lines, _SMALL)
-    return images, canvas
+        for c, o in enumerate(offs):
+            _tile(ax, np.asarray(images[r][c]), c * pitch, r * pitch, f"dim {d}, offset {o:g}")
+    decimals = _offset_decimals(offs)
+    ax.set(xlim=(0, grid_w / scale), ylim=(grid_h / scale, 0),
+           xticks=[c * pitch + 14 for c in range(cols)], yticks=[r * pitch + 14 for r in range(rows)])
+    ax.set_xticklabels([_offset_label(o, decimals) for o in offs])
+    ax.set_yticklabels([f"dim {d}" for d in dims], fontsize=_TEXT)
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel("offset added to the dimension", color=_MUTED, fontsize=_SMALL, labelpad=6)
+    ax.set_ylabel("capsule dimension", color=_MUTED, labelpad=8)
+    ax.tick_params(length=0, pad=5)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    from matplotlib.patches import Rectangle
+
+    for c in np.flatnonzero(offs == 0):
+        ax.get_xticklabels()[c].set_color(_hex(PALETTE[0]))
+        ax.add_patch(Rectangle((c * pitch - 1.5, -1.5), 31, rows * pitch - gap + 3, fill=False, lw=2,
+                               edgecolor=_hex(PALETTE[0]), clip_on=False, gid="untweaked column"))
+    inp = _axes(fig, left + grid_w + 30 + (max(tile, 60) - tile) // 2, top + 20, tile, tile)
+    _tile(inp, x, 0, 0, "input")
+    inp.set_axis_off()
+    inp.set_title("input", color=_MUTED, fontsize=_TEXT, pad=5)
+    inp.annotate(f"pred {pred}", (14, 28), xytext=(0, -5), textcoords="offset points", ha="center", va="top")
+    _paragraph(fig, top + body + 16, notes)
+    return fig
 
 
 def tweak_grid(model, image, *, dims=None, offsets=DEFAULT_OFFSETS, scale=2, polarity="auto", note=None):
     """The labelled pose-tweak grid of :func:`tweak_images` (one row per dimension, one column per offset)."""
     return tweak_images(model, image, dims=dims, offsets=offsets, scale=scale, polarity=polarity, note=note)[1]
+
+
+# -- routing ------------------------------------------------------------------------------------
+_ROUTING_HEAD = ("Each panel shows the 1152 primary capsules as their 32 types (4 rows of 8 blocks), each type a "
+                 "6x6 grid of image positions. Coupling panels: the coefficient c_ij that routes capsule i's vote "
+                 "to the predicted class j (a softmax of the agreement logits over the 10 classes, 0.1 everywhere "
+                 "before the first agreement; red: raised, blue: lowered). Last panel: c_ij times the length of the vote u_hat(j|i) after "
+                 "the last iteration, as a share of the largest (square-root scale): where the class's capsule gets "
+                 "its input.")
+
+
+def capsule_mosaic(values, gap=1):
+    """The 1152 primary-capsule values (``i = 36 t + 6 y + x``) as one picture: the 32 types in 4 rows
+    of 8 blocks of 6x6 positions, ``gap`` NaN cells between blocks; shape (24 + 3 gap, 48 + 7 gap)."""
+    v = np.asarray(values, dtype=np.float64).reshape(4, 8, 6, 6)
+    out = np.full((24 + 3 * gap, 48 + 7 * gap), np.nan)
+    for r in range(4):
+        for c in range(8):
+            out[r * (6 + gap):r * (6 + gap) + 6, c * (6 + gap):c * (6 + gap) + 6] = v[r, c]
+    return out
+
+
+def _routing_panels(model, image, polarity):
+    """(input (28, 28), predicted class index, coupling to it per iteration (it, 1152), votes (1152,))."""
+    x = model.encode(image, polarity=polarity)
+    if x.shape[0] != 1:
+        raise InvalidInputError(f"a routing picture takes one image, got {x.shape[0]}")
+    r = model.routing(x)
+    k = int(np.linalg.norm(r["capsules"][0], axis=-1).argmax())
+    coupling = r["coupling"][0][:, :, k]
+    votes = coupling[-1] * np.linalg.norm(r["predictions"][0][k], axis=-1)
+    x = x.asnumpy() if hasattr(x, "asnumpy") else np.asarray(x)
+    return x[0, 0], k, coupling, votes / max(float(votes.max()), 1e-12)
+
+
+@_drawing
+def routing_figure(model, image, *, polarity="auto", scale=5):
+    """What routing by agreement does for one digit: per iteration, the coupling coefficients of the
+    1152 primary capsules to the predicted class (:func:`capsule_mosaic` layout), and the share of the
+    class's input each capsule sends after the last one.  A matplotlib Figure; its axes are labelled
+    ``"iteration t"`` and ``"votes"``."""
+    if model.card.arch != "capsnet":
+        raise InvalidInputError(f"{model.card.name} is not a capsule network: a routing picture needs routing "
+                                f"between capsules (its sub-nets: {', '.join(model.card.subnets)})")
+    scale = _check_int(scale, "scale", 2, 16)
+    x, k, coupling, votes = _routing_panels(model, image, polarity)
+    iters = len(coupling)
+    mh, mw = capsule_mosaic(votes).shape
+    pw, ph, tile = mw * scale, mh * scale, 28 * 3
+    left = _MARGIN + tile + 30
+    xs = [left + t * (pw + 24) + (50 if t == iters else 0) for t in range(iters + 1)]   # room for a colour bar
+    width = xs[-1] + pw + 60
+    head = _wrap(_ROUTING_HEAD, width - 2 * _MARGIN, _SMALL)
+    top = 14 + _LINE[_TITLE] + 4 + len(head) * _LINE[_SMALL] + 30
+    fig = _figure(width, top + max(ph, tile) + 20)
+    pred = model.card.classes[k]
+    _text(fig, _MARGIN, 14, f"Routing in {model.card.name} ({iters} iteration{'s' * (iters > 1)}), "
+                            f"predicted class {pred}", _TITLE)
+    _paragraph(fig, 14 + _LINE[_TITLE] + 4, head)
+    inp = _axes(fig, _MARGIN, top, tile, tile)
+    _tile(inp, x, 0, 0, "input")
+    inp.set_axis_off()
+    inp.set_title("input", color=_MUTED, fontsize=_TEXT, pad=5)
+    from matplotlib.colors import PowerNorm, TwoSlopeNorm
+
+    # coupling: white at the uniform 0.1, red where routing raised it, blue where it lowered it
+    cnorm = TwoSlopeNorm(vcenter=0.1, vmin=0.0, vmax=max(float(coupling.max()), 0.2))
+    for t in range(iters + 1):
+        ax = _axes(fig, xs[t], top, pw, ph)
+        last = t == iters
+        im = ax.imshow(capsule_mosaic(votes if last else coupling[t]), cmap="Purples" if last else "RdBu_r",
+                       norm=PowerNorm(0.5, vmin=0, vmax=1) if last else cnorm, interpolation="nearest",
+                       label="votes" if last else f"iteration {t + 1}")
+        ax.set_axis_off()
+        title = ("votes after the last iteration" if last else
+                 f"iteration {t + 1}: largest c {coupling[t].max():.2f}")
+        ax.set_title(title, color=_MUTED, fontsize=_SMALL, pad=4)
+        if t in (iters - 1, iters):
+            cax = _axes(fig, xs[t] + pw + 4, top, 8, ph)
+            fig.colorbar(im, cax=cax)
+            cax.tick_params(labelsize=7)
+    return fig
 
 
 # -- 3. feature space --------------------------------------------------------------------------
@@ -706,73 +736,25 @@ def project_features(features, method="pca"):
     return coords, ratio
 
 
-@dataclasses.dataclass(frozen=True)
-class FeaturePlotLayout:
-    """Geometry of :func:`feature_space_plot`."""
-
-    size: Tuple[int, int]
-    plot_box: Tuple[int, int, int, int]
-    swatch_boxes: Tuple[Tuple[int, int, int, int], ...]
-    legend_title_y: int
-
-
-def feature_plot_layout(size=(1000, 760)):
-    """The :class:`FeaturePlotLayout` of a feature-space plot of ``size`` (width, height)."""
+def _check_size(size):
     try:
         width, height = (int(v) for v in size)
     except (TypeError, ValueError):
         raise InvalidInputError(f"size must be (width, height), got {size!r}") from None
     if width < 500 or height < 400 or width > 8000 or height > 8000:
         raise InvalidInputError(f"size must be at least 500 x 400 and at most 8000 x 8000, got {size!r}")
-    legend_w = 160
-    top = 14 + _line_h(_TITLE) + 6 + 2 * (_line_h(_SMALL) + 2) + 12
-    left = _MARGIN + _line_h(_TEXT) + 8 + 72
-    right = width - _MARGIN - legend_w
-    bottom = height - (_line_h(_TEXT) + 8 + _line_h(_TEXT) + 10 + _line_h(_SMALL) + 10)
-    lx = right + 24
-    ly = top + _line_h(_TEXT) + 10
-    pitch = 26
-    swatches = tuple((lx, ly + i * pitch, lx + 18, ly + i * pitch + 18) for i in range(10))
-    return FeaturePlotLayout(size=(width, height), plot_box=(left, top, right, bottom), swatch_boxes=swatches,
-                             legend_title_y=top)
+    return width, height
 
 
-def _nice_ticks(lo, hi, target=6):
-    span = hi - lo
-    if not span > 0:
-        return [lo], 1.0
-    raw = span / target
-    mag = 10.0 ** math.floor(math.log10(raw))
-    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
-        step = m * mag
-        if span / step <= target + 2:
-            break
-    first = math.ceil(lo / step - 1e-9)
-    ticks = []
-    k = first
-    while k * step <= hi + 1e-9 * step:
-        ticks.append(k * step)
-        k += 1
-    return ticks, step
-
-
-def _tick_label(v, step):
-    if abs(v) < step * 1e-6:
-        v = 0.0
-    d = 0
-    while d < 8 and abs(round(step, d) - step) > step * 1e-6:
-        d += 1
-    if d > 4:
-        return f"{v:.1e}"
-    return f"{v:.{d}f}"
-
-
+@_drawing
 def feature_space_plot(model, images, labels=None, *, method="pca", seed=0, size=(1000, 760), thumb=24,
                        polarity="auto", note=None, batch_size=128):
     """Wolfram's FeatureSpacePlot: images placed by a 2-D projection of their 16-D capsules.
 
-    Each image's thumbnail (its ink in the class colour) is drawn at its point;
-    the colour is the true label when ``labels`` is given, else the predicted class.
+    Each image's thumbnail (its ink in the class colour, transparent elsewhere)
+    is drawn centred on its point (an AnnotationBbox per image, in a seeded
+    order, so no class always lies on top); the colour is the true label when
+    ``labels`` is given, else the predicted class.
 
     Parameters
     ----------
@@ -786,109 +768,74 @@ def feature_space_plot(model, images, labels=None, *, method="pca", seed=0, size
     seed : int
         Seeds the drawing order (which thumbnail lies on top).
     size : (int, int)
-        Picture size; geometry from :func:`feature_plot_layout`.
+        Picture size in pixels.
     thumb : int
         Thumbnail side in px.
 
     Returns
     -------
-    PIL.Image (RGB)
+    matplotlib Figure; its first axes is the plot, with a legend of the ten classes.
     """
     if method != "pca":
         raise InvalidInputError(f"unknown projection method {method!r}; use 'pca'")
     seed = _check_int(seed, "seed", 0)
     thumb = _check_int(thumb, "thumb", 8, 56)
-    lay = feature_plot_layout(size)
+    width, height = _check_size(size)
     x, probs, caps, _ = _run(model, images, polarity, batch_size, need_reco=False)
     n = len(x)
     if n < 2:
         raise InvalidInputError(f"a feature-space plot needs at least 2 images, got {n}")
-    if labels is not None:
-        labels = list(labels)
-        if len(labels) != n:
-            raise InvalidInputError(f"labels: got {len(labels)} labels for {n} images")
-        cls = [_class_index(model, lab, f"label {i}") for i, lab in enumerate(labels)]
-    else:
-        cls = [int(i) for i in probs.argmax(axis=1)]
-    coords, ratio = project_features(caps, method)
+    truth = _check_labels(model, labels, n)
+    cls = truth if truth is not None else [int(i) for i in probs.argmax(axis=1)]
+    feats = caps if caps is not None else model.features(x[:, None], batch_size=batch_size)
+    coords, ratio = project_features(feats, method)
 
-    width, height = lay.size
-    canvas = Image.new("RGB", lay.size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    y = 14
-    _text(draw, _MARGIN, y, _fit(f"Feature space of {model.card.name}: PCA of 16-D capsule features",
-                                 _TITLE, width - 2 * _MARGIN), _TITLE)
-    y += _line_h(_TITLE) + 6
-    sub = (f"{n} images, each drawn at the first two principal components of its Pick capsule "
-           f"(the 16-D capsule of the predicted class); colour: "
-           f"{'true label' if labels is not None else 'predicted class'}.")
-    _draw_paragraph(draw, _MARGIN, y, _wrap(sub, _SMALL, width - 2 * _MARGIN)[:2], _SMALL)
+    fig = _figure(width, height)
+    last = model.card.feature_slice[1]
+    what = f"{feats.shape[1]}-D capsule" if caps is not None else f"{feats.shape[1]}-D {last}"
+    _text(fig, _MARGIN, 14, f"Feature space of {model.card.name}: PCA of {what} features", _TITLE)
+    sub = (f"{n} images, each drawn at the first two principal components of its " + (
+           "Pick capsule (the 16-D capsule of the predicted class)" if caps is not None else
+           f"{last} output (the feature extractor {model.card.feature_slice[0]} -> {last})")
+           + f"; colour: {'true label' if truth else 'predicted class'}.")
+    _paragraph(fig, 14 + _LINE[_TITLE] + 4, _wrap(sub, width - 2 * _MARGIN, _SMALL)[:2])
+    box = (95, 90, width - 95 - 170, height - 90 - 70 - (_LINE[_SMALL] if note else 0))
+    ax = _axes(fig, *box)
+    _place_thumbnails(ax, x, coords, cls, np.random.RandomState(seed).permutation(n), thumb, box[2:])
+    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f} % var)")
+    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f} % var)")
+    ax.grid(True, color=_GRID, lw=0.8)
+    ax.set_axisbelow(True)
+    from matplotlib.patches import Patch
 
-    x0, y0, x1, y1 = lay.plot_box
-    pad = thumb / 2 + 6
-    lo, hi = coords.min(axis=0), coords.max(axis=0)
-    span = hi - lo
-    for k in range(2):
-        if not span[k] > 0:
-            half = max(abs(lo[k]), 1e-12)
-            lo[k], hi[k], span[k] = lo[k] - half, hi[k] + half, 2 * half
-    sx = (x1 - x0 - 2 * pad) / span[0]
-    sy = (y1 - y0 - 2 * pad) / span[1]
-    ax_lo = (lo[0] - pad / sx, lo[1] - pad / sy)
-    ax_hi = (hi[0] + pad / sx, hi[1] + pad / sy)
-
-    def px(v):
-        return x0 + pad + (v - lo[0]) * sx
-
-    def py(v):
-        return y1 - pad - (v - lo[1]) * sy
-
-    # axes, grid lines, ticks
-    xt, xstep = _nice_ticks(ax_lo[0], ax_hi[0])
-    yt, ystep = _nice_ticks(ax_lo[1], ax_hi[1])
-    for t in xt:
-        X = int(round(px(t)))
-        draw.line((X, y0, X, y1), fill=(235, 235, 235))
-        draw.line((X, y1, X, y1 + 5), fill=_INK)
-        _text(draw, X, y1 + 8, _tick_label(t, xstep), _SMALL, _INK, "center")
-    for t in yt:
-        Y = int(round(py(t)))
-        draw.line((x0, Y, x1, Y), fill=(235, 235, 235))
-        draw.line((x0 - 5, Y, x0, Y), fill=_INK)
-        _text(draw, x0 - 8, Y - _line_h(_SMALL) / 2, _tick_label(t, ystep), _SMALL, _INK, "right")
-    draw.rectangle((x0, y0, x1, y1), outline=_INK)
-    _text(draw, (x0 + x1) / 2, y1 + 8 + _line_h(_SMALL) + 6, f"PC1 ({100 * ratio[0]:.1f} % var)", _TEXT,
-          _INK, "center")
-    _vtext(canvas, _MARGIN + _line_h(_TEXT) / 2, (y0 + y1) / 2, f"PC2 ({100 * ratio[1]:.1f} % var)", _TEXT)
-
-    # thumbnails, in a seeded order so no class always lies on top
-    order = np.random.RandomState(seed).permutation(n)
-    tiles = {}
-    for i in order:
-        k = cls[i]
-        mask = Image.fromarray(np.clip(x[i] * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        mask = mask.resize((thumb, thumb), Image.BILINEAR)
-        if k not in tiles:
-            tiles[k] = Image.new("RGB", (thumb, thumb), PALETTE[k % len(PALETTE)])
-        cx, cy = px(coords[i, 0]), py(coords[i, 1])
-        canvas.paste(tiles[k], (int(round(cx - thumb / 2)), int(round(cy - thumb / 2))), mask)
-
-    # legend
     counts = np.bincount(np.asarray(cls, dtype=np.int64), minlength=10)
-    classes = model.card.classes
-    _text(draw, lay.swatch_boxes[0][0], lay.legend_title_y,
-          "true label" if labels is not None else "predicted class", _TEXT, _INK)
-    for k, box in enumerate(lay.swatch_boxes):
-        draw.rectangle(box, fill=PALETTE[k])
-        name = classes[k] if k < len(classes) else k
-        _text(draw, box[2] + 8, (box[1] + box[3]) / 2 - _line_h(_TEXT) / 2, f"{name}  ({counts[k]})", _TEXT)
-    last = lay.swatch_boxes[-1]
-    _draw_paragraph(draw, last[0], last[3] + 14, _wrap("(n): count", _SMALL, width - last[0] - _MARGIN),
-                    _SMALL)
+    names = list(model.card.classes) + list(range(len(model.card.classes), 10))
+    handles = [Patch(color=_hex(PALETTE[k]), label=f"{names[k]}  ({counts[k]})") for k in range(10)]
+    ax.legend(handles=handles, title=f"{'true label' if truth else 'predicted class'} (count)", loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=_TEXT, handlelength=1.2, handleheight=1.2,
+              alignment="left")
     if note:
-        _text(draw, _MARGIN, height - 10 - _line_h(_SMALL), _fit(note, _SMALL, width - 2 * _MARGIN), _SMALL,
-              _MUTED)
-    return canvas
+        _text(fig, _MARGIN, height - 8 - _LINE[_SMALL], note, _SMALL, _MUTED)
+    return fig
+
+
+def _place_thumbnails(ax, x, coords, cls, order, thumb, box_px):
+    """Each digit's ink, in its class colour, as a ``thumb`` px image centred on its point, in ``order``."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, np.maximum(np.abs(lo), 1e-12) * 2)
+    mid = (lo + hi) / 2
+    pad = (thumb / 2 + 6) * span / (np.asarray(box_px, dtype=np.float64) - thumb - 12)
+    ax.set(xlim=(mid[0] - span[0] / 2 - pad[0], mid[0] + span[0] / 2 + pad[0]),
+           ylim=(mid[1] - span[1] / 2 - pad[1], mid[1] + span[1] / 2 + pad[1]))
+    for z, i in enumerate(order):
+        rgba = np.empty((28, 28, 4), dtype=np.float32)
+        rgba[..., :3] = np.asarray(PALETTE[cls[i] % len(PALETTE)]) / 255.0
+        rgba[..., 3] = np.clip(x[i], 0.0, 1.0)
+        ab = AnnotationBbox(OffsetImage(rgba, zoom=thumb / 28, dpi_cor=False, interpolation="bilinear"),
+                            tuple(coords[i]), frameon=False, pad=0.0, zorder=2 + z * 1e-6, gid=f"image {i}")
+        ax.add_artist(ab)
 
 
 # -- 4. summary graphic ------------------------------------------------------------------------
@@ -905,210 +852,81 @@ _OUTPUTS = {
     "Pick": "capsule (16)",
     "Reconstruct": "reconstruction (1 x 28 x 28)",
 }
+_BOX_FILL, _BOX_EDGE = "#ecf3fa", "#466ea0"
 
 
 def _shape(shape):
     return " x ".join(str(int(d)) for d in shape) if shape else "?"
 
 
-def _summary_items(info):
-    """The summary graphic as drawing primitives: (size, items).
-
-    Items: ("rect", box, fill, outline), ("arrow", (x0, y0, x1, y1)),
-    ("text", x, y_top, text, size, colour, align).
-    """
-    from ._net import SUBNET_NAMES
+def _summary_boxes(info):
+    """(boxes: (name, parameters, shape line, description), outputs: {name: text}) of the summary."""
     from ._slices import STAGE_SHAPES
 
     subnets = [(str(n), tuple(s), int(p)) for n, s, p in info.subnets]
     names = [n for n, _, _ in subnets]
+    whole = bool(names) and names[0] == "ReLUConv1"   # the net from its input image
+    in_shape = STAGE_SHAPES["input"] if whole else None
+    boxes = [("Input", "", f"image {_shape(in_shape)}" if whole else "input",
+              "float32 in [0, 1], light ink on dark" if whole else "")]
+    boxes += [(n, f"{p:,} parameters", f"output {_shape(s)}", _DESCRIPTIONS.get(n, "")) for n, s, p in subnets]
+    outputs = {k: v for k, v in _OUTPUTS.items() if k in names} if whole else {}
+    if subnets and names[-1] not in outputs:
+        outputs[names[-1]] = f"output ({_shape(subnets[-1][1])})"
+    return boxes, outputs
+
+
+@_drawing
+def summary_graphic(info):
+    """NetInformation's "SummaryGraphic": the sub-nets in order as boxes with arrows (a Figure).
+
+    Each box (a FancyBboxPatch with gid ``"box <name>"``) shows the sub-net's
+    name, parameter count, output shape and what it does; arrows on the right
+    name the net's outputs; the header gives layers, parameter count and trained
+    size.  ``info`` is a :class:`~capszoo.NetInfo` (``model.info()``).
+    """
+    from matplotlib.patches import FancyBboxPatch
+
+    boxes, outputs = _summary_boxes(info)
+    tw = _measurer()
+
     header = (f"Number of layers: {info.num_layers} | Parameter count: {info.num_params:,} | "
               f"Trained size: {info.trained_size_mb:.0f} MB")
-    in_shape = None
-    if names and names[0] in SUBNET_NAMES:
-        i = SUBNET_NAMES.index(names[0])
-        in_shape = STAGE_SHAPES["input" if i == 0 else SUBNET_NAMES[i - 1]]
-    boxes = [("Input", "", f"{'image' if in_shape == (1, 28, 28) else 'array'} {_shape(in_shape)}",
-              "float32 in [0, 1], light ink on dark" if in_shape == (1, 28, 28) else "")]
-    for n, s, p in subnets:
-        boxes.append((n, f"{p:,} parameters", f"output {_shape(s)}", _DESCRIPTIONS.get(n, "")))
-    full = tuple(names) == tuple(SUBNET_NAMES)
-    outputs = {}
-    if full:
-        outputs = dict(_OUTPUTS)
-    elif subnets:
-        outputs = {names[-1]: f"output ({_shape(subnets[-1][1])})"}
-
-    pad, name_size = 12, 16
-    box_w = max([_text_w(a, name_size) + 24 + _text_w(b, _TEXT) for a, b, _, _ in boxes]
-                + [_text_w(c, _TEXT) for _, _, c, _ in boxes] + [_text_w(d, _SMALL) for _, _, _, d in boxes]
-                + [300]) + 2 * pad + 8
-    box_h = pad + _line_h(name_size) + 4 + _line_h(_TEXT) + 3 + _line_h(_SMALL) + pad
-    arrow_h = 28
-    out_arrow = 36
-    out_w = max([_text_w(t, _TEXT) for t in outputs.values()] + [0])
-    title = info.name or "net"
-    items = []
-    y = 14
-    items.append(("text", _MARGIN, y, title, _TITLE, _INK, "left"))
-    y += _line_h(_TITLE) + 6
-    items.append(("text", _MARGIN, y, header, _TEXT, _INK, "left"))
-    head_w = max(_text_w(title, _TITLE), _text_w(header, _TEXT))
-    y += _line_h(_TEXT) + 18
-    x0 = _MARGIN
+    pad, box_h, step = 12, 78, 106
+    box_w = math.ceil(max([tw(a, 12) + 24 + tw(b, _TEXT) for a, b, _, _ in boxes]
+                          + [tw(d, _SMALL) for _, _, _, d in boxes] + [300]) + 2 * pad)
+    out_w = max([tw(t, _TEXT) for t in outputs.values()] + [0])
+    width = math.ceil(max(_MARGIN + box_w + 42 + out_w, _MARGIN + tw(header, _TEXT)) + _MARGIN)
+    top = 14 + _LINE[_TITLE] + 4 + _LINE[_TEXT] + 16
+    height = top + len(boxes) * step - (step - box_h) + _MARGIN
+    fig = _figure(width, height)
+    _text(fig, _MARGIN, 14, info.name or "net", _TITLE)
+    _text(fig, _MARGIN, 14 + _LINE[_TITLE] + 4, header)
+    ax = _axes(fig, 0, 0, width, height)
+    ax.set(xlim=(0, width), ylim=(height, 0))
+    ax.set_axis_off()
+    arrow = dict(arrowstyle="-|>", color=_INK, lw=1.6, mutation_scale=14, shrinkA=0, shrinkB=0)
+    x0, cx = _MARGIN, _MARGIN + box_w / 2
     for i, (name, params, shape, desc) in enumerate(boxes):
-        top = y + i * (box_h + arrow_h)
-        fill = (245, 245, 245) if i == 0 else _BOX_FILL
-        items.append(("rect", (x0, top, x0 + box_w, top + box_h), fill, _BOX_EDGE))
-        ty = top + pad
-        items.append(("text", x0 + pad, ty, name, name_size, _INK, "left"))
-        if params:
-            items.append(("text", x0 + box_w - pad, ty + (_line_h(name_size) - _line_h(_TEXT)), params, _TEXT,
-                          _MUTED, "right"))
-        ty += _line_h(name_size) + 4
-        items.append(("text", x0 + pad, ty, shape, _TEXT, _INK, "left"))
-        ty += _line_h(_TEXT) + 3
-        if desc:
-            items.append(("text", x0 + pad, ty, desc, _SMALL, _MUTED, "left"))
-        if i > 0:
-            items.append(("arrow", (x0 + box_w // 2, top - arrow_h, x0 + box_w // 2, top - 1)))
-        if name in outputs and i > 0:
-            my = top + box_h // 2
-            items.append(("arrow", (x0 + box_w, my, x0 + box_w + out_arrow, my)))
-            items.append(("text", x0 + box_w + out_arrow + 6, my - _line_h(_TEXT) // 2, outputs[name], _TEXT,
-                          _INK, "left"))
-    bottom = y + len(boxes) * (box_h + arrow_h) - arrow_h
-    width = max(x0 + box_w + (out_arrow + 6 + out_w if outputs else 0), _MARGIN + head_w) + _MARGIN
-    height = bottom + _MARGIN
-    return (int(width), int(height)), items
-
-
-def _arrow_head(x0, y0, x1, y1, size=8):
-    ang = math.atan2(y1 - y0, x1 - x0)
-    left = (x1 - size * math.cos(ang - 0.45), y1 - size * math.sin(ang - 0.45))
-    right = (x1 - size * math.cos(ang + 0.45), y1 - size * math.sin(ang + 0.45))
-    return [(x1, y1), left, right]
-
-
-def summary_graphic(info):
-    """NetInformation's "SummaryGraphic": the sub-nets in order as boxes with arrows (PIL image).
-
-    Each box shows the sub-net's name, output shape and parameter count; the
-    header gives layers, parameter count and trained size.  ``info`` is a
-    :class:`~capszoo.NetInfo` (``model.info()``).
-    """
-    size, items = _summary_items(info)
-    canvas = Image.new("RGB", size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    for it in items:
-        kind = it[0]
-        if kind == "rect":
-            draw.rounded_rectangle(it[1], radius=6, fill=it[2], outline=it[3], width=2)
-        elif kind == "arrow":
-            x0, y0, x1, y1 = it[1]
-            draw.line((x0, y0, x1, y1), fill=_INK, width=2)
-            draw.polygon(_arrow_head(x0, y0, x1, y1), fill=_INK)
-        else:
-            _, x, y, text, tsize, colour, align = it
-            _text(draw, x, y, text, tsize, colour, align)
-    return canvas
-
-
-def _hex(rgb):
-    return "#%02x%02x%02x" % tuple(rgb)
-
-
-def summary_svg(info):
-    """The summary graphic of ``info`` as an SVG document (a string)."""
-    (w, h), items = _summary_items(info)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'font-family="Aileron, Helvetica, Arial, sans-serif">',
-           f'<title>{escape(info.name or "net")} summary</title>',
-           f'<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>']
-    for it in items:
-        kind = it[0]
-        if kind == "rect":
-            x0, y0, x1, y1 = it[1]
-            out.append(f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="6" '
-                       f'fill="{_hex(it[2])}" stroke="{_hex(it[3])}" stroke-width="2"/>')
-        elif kind == "arrow":
-            x0, y0, x1, y1 = it[1]
-            pts = " ".join(f"{px:.1f},{py:.1f}" for px, py in _arrow_head(x0, y0, x1, y1))
-            out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="{_hex(_INK)}" stroke-width="2"/>')
-            out.append(f'<polygon points="{pts}" fill="{_hex(_INK)}"/>')
-        else:
-            _, x, y, text, tsize, colour, align = it
-            anchor = {"left": "start", "center": "middle", "right": "end"}[align]
-            # textLength pins each line to the width measured with Pillow's font, so the
-            # layout holds whatever sans-serif the viewer substitutes.
-            out.append(f'<text x="{x}" y="{y + _ascent(tsize)}" font-size="{tsize}" fill="{_hex(colour)}" '
-                       f'text-anchor="{anchor}" textLength="{_text_w(text, tsize)}" '
-                       f'lengthAdjust="spacingAndGlyphs">{escape(text)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
-def parse_labels(spec, count=None):
-    """Parse comma-separated integer class labels (``"7,2,1"``); ``count`` checks how many."""
-    parts = [p.strip() for p in str(spec).split(",")]
-    try:
-        labels = [int(p) for p in parts]
-    except ValueError:
-        raise InvalidInputError(f"cannot parse labels {spec!r}; give integers separated by commas, "
-                                f"e.g. 7,2,1") from None
-    if count is not None and len(labels) != count:
-        raise InvalidInputError(f"labels: got {len(labels)} labels for {count} images")
-    return labels
+        y = top + i * step
+        ax.add_patch(FancyBboxPatch((x0, y), box_w, box_h, boxstyle="round,pad=0,rounding_size=6", lw=1.6,
+                                    facecolor="#f5f5f5" if i == 0 else _BOX_FILL, edgecolor=_BOX_EDGE,
+                                    gid=f"box {name}"))
+        ax.text(x0 + pad, y + pad, name, fontsize=12, va="top")
+        ax.text(x0 + box_w - pad, y + pad + 2, params, fontsize=_TEXT, color=_MUTED, va="top", ha="right")
+        ax.text(x0 + pad, y + pad + 24, shape, fontsize=_TEXT, va="top")
+        ax.text(x0 + pad, y + pad + 46, desc, fontsize=_SMALL, color=_MUTED, va="top")
+        if i:
+            ax.annotate("", (cx, y), (cx, y - (step - box_h)), arrowprops=arrow)
+        if name in outputs and i:
+            ax.annotate("", (x0 + box_w + 36, y + box_h / 2), (x0 + box_w, y + box_h / 2), arrowprops=arrow)
+            ax.text(x0 + box_w + 42, y + box_h / 2, outputs[name], fontsize=_TEXT, va="center")
+    return fig
 
 
 # -- 5. training curve -------------------------------------------------------------------------
-_VAL = PALETTE[0]
-_TRAIN = PALETTE[1]
-_BEST = PALETTE[2]
-_CLASS_LOSS = PALETTE[3]
-_RECO_LOSS = PALETTE[4]
-_VAL_RAW = PALETTE[9]
-_GRID = (235, 235, 235)
-_CURVE_SIZE = (1100, 500)
-_CURVE_PAD = 16  # px between a panel's frame and the first/last epoch, and above/below the data
+_VAL, _TRAIN, _BEST, _CLASS_LOSS, _RECO_LOSS, _VAL_RAW = (_hex(PALETTE[i]) for i in (0, 1, 2, 3, 4, 9))
 _REQUIRED = ("epoch", "train_accuracy", "val_accuracy")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingCurveLayout:
-    """Geometry of :func:`training_curve`: picture size, the two plot frames, where each epoch goes."""
-
-    size: Tuple[int, int]
-    error_box: Tuple[int, int, int, int]
-    loss_box: Tuple[int, int, int, int]
-    first_epoch: int
-    last_epoch: int
-
-    def epoch_x(self, epoch, box=None):
-        """The x pixel of ``epoch`` in ``box`` (default: the error panel)."""
-        x0, _, x1, _ = self.error_box if box is None else box
-        if self.last_epoch == self.first_epoch:
-            return (x0 + x1) / 2
-        frac = (epoch - self.first_epoch) / (self.last_epoch - self.first_epoch)
-        return x0 + _CURVE_PAD + frac * (x1 - x0 - 2 * _CURVE_PAD)
-
-
-def training_curve_layout(first_epoch=1, last_epoch=1):
-    """The :class:`TrainingCurveLayout` of a training curve over epochs ``first_epoch..last_epoch``."""
-    first = _check_int(first_epoch, "first_epoch", 0)
-    last = _check_int(last_epoch, "last_epoch", first)
-    width, height = _CURVE_SIZE
-    top = 14 + _line_h(_TITLE) + 6 + _line_h(_SMALL) + 16 + _line_h(_TEXT) + 8
-    bottom = height - (8 + _line_h(_SMALL) + 6 + _line_h(_TEXT) + 12 + _line_h(_SMALL) + 14)
-    y_label = _line_h(_TEXT) + 8   # the rotated axis title
-    ticks = 8 + 52                  # tick marks and their labels
-    gap = 44
-    panel_w = (width - 2 * _MARGIN - 2 * (y_label + ticks) - gap) // 2
-    left0 = _MARGIN + y_label + ticks
-    left1 = left0 + panel_w + gap + y_label + ticks
-    return TrainingCurveLayout(size=(width, height), error_box=(left0, top, left0 + panel_w, bottom),
-                               loss_box=(left1, top, left1 + panel_w, bottom), first_epoch=first,
-                               last_epoch=last)
 
 
 def _metrics_rows(metrics):
@@ -1164,178 +982,88 @@ def _number(row, key, where):
     return v
 
 
+def _parse_epoch(where, row, previous):
+    """One checked epoch of the log: (epoch, {key: value}) with the error rates in percent."""
+    if not isinstance(row, dict):
+        raise InvalidInputError(f"{where}: expected a JSON object (one epoch), got {type(row).__name__}")
+    for key in _REQUIRED:
+        if key not in row:
+            raise InvalidInputError(f"{where}: missing key {key!r} (each epoch needs {', '.join(_REQUIRED)} "
+                                    f"and train_loss or train_class_loss + train_reco_loss)")
+    e = row["epoch"]
+    if isinstance(e, bool) or not isinstance(e, (int, np.integer, float)) or \
+            (isinstance(e, float) and not e.is_integer()) or e < 0:
+        raise InvalidInputError(f"{where}: epoch must be an integer >= 0, got {e!r}")
+    e = int(e)
+    if previous is not None and e <= previous:
+        raise InvalidInputError(f"{where}: epoch {e} comes after epoch {previous}; epochs must increase line by line")
+    out = {}
+    for key in ("train_accuracy", "val_accuracy") + (("val_accuracy_raw",) if "val_accuracy_raw" in row else ()):
+        a = _number(row, key, where)
+        if not 0.0 <= a <= 1.0:
+            raise InvalidInputError(f"{where}: {key} must be a fraction in [0, 1], got {a!r}")
+        out[{"train_accuracy": "train_err", "val_accuracy": "val_err"}.get(key, "val_raw_err")] = \
+            max(100.0 - 100.0 * a, 0.0)
+    parts = [k for k in ("train_class_loss", "train_reco_loss") if k in row]
+    if "train_loss" not in row and len(parts) < 2:
+        missing = "train_loss" if not parts else ({"train_class_loss", "train_reco_loss"} - set(parts)).pop()
+        raise InvalidInputError(f"{where}: missing key {missing!r} (give train_loss or both "
+                                f"train_class_loss and train_reco_loss)")
+    for key in ("train_loss", "train_class_loss", "train_reco_loss"):
+        if key in row:
+            out[key] = _number(row, key, where)
+            if out[key] < 0:
+                raise InvalidInputError(f"{where}: {key} must be >= 0, got {out[key]!r}")
+    if "train_loss" not in out:
+        out["train_loss"] = out["train_class_loss"] + out["train_reco_loss"]
+    ve = row.get("val_errors")
+    out["val_errors"] = int(ve) if isinstance(ve, (int, np.integer)) and not isinstance(ve, bool) else None
+    return e, out
+
+
 def _parse_metrics(metrics):
-    """Check the per-epoch log: a dict of equal-length lists (epoch, errors, losses) plus the best epoch."""
-    rows = _metrics_rows(metrics)
-    epochs, val_err, train_err, loss, class_loss, reco_loss, val_errors = [], [], [], [], [], [], []
-    val_raw_err = []
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise InvalidInputError(f"{where}: expected a JSON object (one epoch), got {type(row).__name__}")
-        for key in _REQUIRED:
-            if key not in row:
-                raise InvalidInputError(f"{where}: missing key {key!r} (each epoch needs "
-                                        f"{', '.join(_REQUIRED)} and train_loss or "
-                                        f"train_class_loss + train_reco_loss)")
-        e = row["epoch"]
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer, float)) or \
-                (isinstance(e, float) and not e.is_integer()) or e < 0:
-            raise InvalidInputError(f"{where}: epoch must be an integer >= 0, got {e!r}")
-        e = int(e)
-        if epochs and e <= epochs[-1]:
-            raise InvalidInputError(f"{where}: epoch {e} comes after epoch {epochs[-1]}; "
-                                    f"epochs must increase line by line")
-        for key in ("train_accuracy", "val_accuracy") + (("val_accuracy_raw",) if "val_accuracy_raw" in row else ()):
-            a = _number(row, key, where)
-            if not 0.0 <= a <= 1.0:
-                raise InvalidInputError(f"{where}: {key} must be a fraction in [0, 1], got {a!r}")
-        parts = [k for k in ("train_class_loss", "train_reco_loss") if k in row]
-        if "train_loss" not in row and len(parts) < 2:
-            missing = "train_loss" if not parts else \
-                ({"train_class_loss", "train_reco_loss"} - set(parts)).pop()
-            raise InvalidInputError(f"{where}: missing key {missing!r} (give train_loss or both "
-                                    f"train_class_loss and train_reco_loss)")
-        losses = {}
-        for key in ("train_loss", "train_class_loss", "train_reco_loss"):
-            if key in row:
-                losses[key] = _number(row, key, where)
-                if losses[key] < 0:
-                    raise InvalidInputError(f"{where}: {key} must be >= 0, got {losses[key]!r}")
+    """The checked per-epoch log: ``{"epoch": [...], "val_err": [...], ...}`` (None where an epoch lacks a
+    value; the optional series are None when no epoch has them), plus ``best``, the index of the first
+    epoch with the lowest validation error."""
+    epochs, rows = [], []
+    for where, row in _metrics_rows(metrics):
+        e, values = _parse_epoch(where, row, epochs[-1] if epochs else None)
         epochs.append(e)
-        val_err.append(100.0 - 100.0 * float(row["val_accuracy"]))
-        val_raw_err.append(max(100.0 - 100.0 * float(row["val_accuracy_raw"]), 0.0) if "val_accuracy_raw" in row
-                           else None)
-        train_err.append(100.0 - 100.0 * float(row["train_accuracy"]))
-        both = "train_class_loss" in losses and "train_reco_loss" in losses
-        class_loss.append(losses["train_class_loss"] if both else None)
-        reco_loss.append(losses["train_reco_loss"] if both else None)
-        loss.append(losses["train_loss"] if "train_loss" in losses else
-                    losses["train_class_loss"] + losses["train_reco_loss"])
-        ve = row.get("val_errors")
-        val_errors.append(int(ve) if isinstance(ve, (int, np.integer)) and not isinstance(ve, bool) else None)
-    val_err = [max(v, 0.0) for v in val_err]
-    train_err = [max(v, 0.0) for v in train_err]
-    components = all(c is not None for c in class_loss)
-    best = min(range(len(epochs)), key=lambda i: (val_err[i], i))
-    return dict(epoch=epochs, val_err=val_err, train_err=train_err, loss=loss,
-                val_raw_err=val_raw_err if any(v is not None for v in val_raw_err) else None,
-                class_loss=class_loss if components else None, reco_loss=reco_loss if components else None,
-                val_errors=val_errors, best=best)
-
-
-def _log_ticks(lo, hi):
-    """Ticks 1-2-5 x 10^k spanning ``[lo, hi]`` (both > 0): the ticks; the first <= lo, the last >= hi."""
-    def cands(k):
-        return [round(m * 10.0 ** k, 12) for m in (1, 2, 5)]
-
-    k = int(math.floor(math.log10(lo)))
-    below = [c for c in cands(k - 1) + cands(k) if c <= lo * (1 + 1e-9)]
-    ticks = [below[-1]]
-    while ticks[-1] < hi * (1 - 1e-9):
-        k = int(math.floor(math.log10(ticks[-1]) + 1e-9))
-        ticks.append(next(c for c in cands(k) + cands(k + 1) if c > ticks[-1] * (1 + 1e-9)))
-    if len(ticks) > 10:  # a wide range: label the powers of ten only (the ends stay)
-        ticks = [t for i, t in enumerate(ticks) if i in (0, len(ticks) - 1) or
-                 abs(math.log10(t) - round(math.log10(t))) < 1e-9]
-    return ticks
-
-
-def _linear_ticks(vmax):
-    """Ticks from 0 up to the first "nice" value >= ``vmax``, and their step."""
-    ticks, step = _nice_ticks(0.0, vmax) if vmax > 0 else ([0.0], 1.0)
-    if ticks[-1] < vmax * (1 - 1e-9) or len(ticks) < 2:
-        ticks.append(ticks[-1] + step)
-    return ticks, step
-
-
-def _epoch_ticks(first, last):
-    span = last - first
-    step = 1
-    for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
-        step = s
-        if span / s <= 8:
-            break
-    ticks = list(range(-(-first // step) * step, last + 1, step))
-    return ticks or [first]
-
-
-def _dashed_vline(draw, x, y0, y1, fill, dash=6, gap=4, width=1):
-    y = y0
-    while y < y1:
-        draw.line((x, y, x, min(y + dash, y1)), fill=fill, width=width)
-        y += dash + gap
-
-
-def _ring(draw, x, y, r, fill, width=2):
-    draw.ellipse((x - r, y - r, x + r, y + r), outline=fill, width=width)
-
-
-def _dot(draw, x, y, r, fill):
-    draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        rows.append(values)
+    m = {"epoch": epochs}
+    for key in ("val_err", "train_err", "train_loss", "val_raw_err", "train_class_loss", "train_reco_loss",
+                "val_errors"):
+        m[key] = [r.get(key) for r in rows]
+    m["val_raw_err"] = m["val_raw_err"] if any(v is not None for v in m["val_raw_err"]) else None
+    if any(r.get("train_class_loss") is None or r.get("train_reco_loss") is None for r in rows):
+        m["train_class_loss"] = m["train_reco_loss"] = None
+    m["best"] = min(range(len(epochs)), key=lambda i: (m["val_err"][i], i))
+    return m
 
 
 def _pct(v):
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
-def _legend_row(canvas, draw, x, y, entries):
-    """Legend entries side by side at ``(x, y)``: (kind, colour, text), kind "line" or "ring"."""
-    h = _line_h(_SMALL)
-    for kind, colour, text in entries:
-        my = int(y + h / 2)
-        if kind == "ring":
-            _ring(draw, x + 11, my, 6, colour)
-        else:
-            draw.line((x, my, x + 22, my), fill=colour, width=2)
-            _dot(draw, x + 11, my, 3, colour)
-        _text(draw, x + 28, y, text, _SMALL, _INK)
-        x += 28 + _text_w(text, _SMALL) + 22
+def _series(values):
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _panel(canvas, draw, lay, box, series, ticks, to_y, tick_text, y_title, epochs):
-    """Frame, grid, ticks and curves of one panel; ``series``: (colour, values, width)."""
-    x0, y0, x1, y1 = box
-    for t in ticks:
-        Y = int(round(to_y(t)))
-        draw.line((x0, Y, x1, Y), fill=_GRID)
-        draw.line((x0 - 5, Y, x0, Y), fill=_INK)
-        _text(draw, x0 - 8, Y - _line_h(_SMALL) / 2, tick_text(t), _SMALL, _INK, "right")
-    for e in _epoch_ticks(epochs[0], epochs[-1]):
-        X = int(round(lay.epoch_x(e, box)))
-        draw.line((X, y1, X, y1 + 5), fill=_INK)
-        _text(draw, X, y1 + 8, str(e), _SMALL, _INK, "center")
-    draw.rectangle(box, outline=_INK)
-    _text(draw, (x0 + x1) / 2, y1 + 8 + _line_h(_SMALL) + 6, "epoch", _TEXT, _INK, "center")
-    _vtext(canvas, x0 - 8 - 52 - 8 - _line_h(_TEXT) / 2, (y0 + y1) / 2, y_title, _TEXT)
-    dots = len(epochs) <= 60
-    for colour, values, width in series:
-        # a value of None (an epoch without it) breaks the line
-        for present, run in itertools.groupby(zip(epochs, values), key=lambda ev: ev[1] is not None):
-            if not present:
-                continue
-            pts = [(int(round(lay.epoch_x(e, box))), int(round(to_y(v)))) for e, v in run]
-            if len(pts) > 1:
-                draw.line(pts, fill=colour, width=width, joint="curve")
-            if dots or len(pts) == 1:
-                for px, py in pts:
-                    _dot(draw, px, py, 3, colour)
-
-
+@_drawing
 def training_curve(metrics, path=None, *, title=None):
-    """Training curves of a run: error rates (left) and training loss (right) per epoch.
+    """Training curves of a run: error rates (left axes) and training loss (right axes) per epoch.
 
-    The left panel shows the validation error, ``100 - 100 * val_accuracy``,
+    The left axes shows the validation error, ``100 - 100 * val_accuracy``,
     and the training error, ``100 - 100 * train_accuracy``, in percent (and,
     as a thin line over the epochs that have it, the validation error of the
     raw weights, ``val_accuracy_raw``, logged when validation uses a moving
-    average of the weights), on a
-    log axis when both are positive and span more than a factor of 3 (else a
-    linear axis from 0).  The right panel shows the training loss: the total
-    and, when every epoch has them, its two parts (margin/class loss and
-    reconstruction loss).  The epoch with the lowest validation error (the
-    first of equals) is marked in both panels with a green dashed line, and
-    its value with a green ring.  Drawn with Pillow only; the same log gives
-    the same bytes.
+    average of the weights), on a log axis when both are positive and span
+    more than a factor of 3 (else a linear axis from 0).  The right axes shows
+    the training loss: the total and, when every epoch has them, its two parts
+    (margin/class loss and reconstruction loss).  The epoch with the lowest
+    validation error (the first of equals) is marked in both with a green
+    dashed line, and its value with a green ring.  Each line's label is its
+    legend text.
 
     Parameters
     ----------
@@ -1355,10 +1083,7 @@ def training_curve(metrics, path=None, *, title=None):
 
     Returns
     -------
-    PIL.Image (RGB)
-        Of size ``training_curve_layout(...).size``; the plot frames and the
-        epoch positions are those of :func:`training_curve_layout` with the
-        first and last epoch.
+    matplotlib Figure (1100 x 500 px)
 
     Raises
     ------
@@ -1376,82 +1101,70 @@ def training_curve(metrics, path=None, *, title=None):
     if path is not None:
         check_output_path(path)
     m = _parse_metrics(metrics)
-    epochs = m["epoch"]
-    n = len(epochs)
-    lay = training_curve_layout(epochs[0], epochs[-1])
-    width, height = lay.size
-    canvas = Image.new("RGB", lay.size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    b = m["best"]
+    epochs, b = m["epoch"], m["best"]
+    fig = _figure(1100, 500)
+    _text(fig, _MARGIN, 14, title or "Training curve", _TITLE)
+    best = f"{_pct(m['val_err'][b])} %" + (f" ({m['val_errors'][b]:,} errors)" if m["val_errors"][b] is not None
+                                           else "")
+    _text(fig, _MARGIN, 14 + _LINE[_TITLE] + 4, f"{len(epochs)} epoch{'s' if len(epochs) != 1 else ''} "
+          f"({epochs[0]}..{epochs[-1]}); lowest validation error {best} at epoch {epochs[b]}; last: "
+          f"{_pct(m['val_err'][-1])} %.", _SMALL, _MUTED)
+    err_ax, loss_ax = fig.subplots(1, 2, gridspec_kw=dict(left=0.075, right=0.985, top=0.8, bottom=0.26,
+                                                          wspace=0.17))
+    _error_axes(err_ax, m)
+    series = [("total", _INK, m["train_loss"])]
+    if m["train_class_loss"] is not None:
+        series += [("margin (class)", _CLASS_LOSS, m["train_class_loss"]),
+                   ("reconstruction", _RECO_LOSS, m["train_reco_loss"])]
+    _curves(loss_ax, epochs, series)
+    loss_ax.set_ylim(bottom=0)
+    loss_ax.set_title("Training loss", loc="left")
+    loss_ax.set_ylabel("loss")
+    for ax in (err_ax, loss_ax):
+        ax.axvline(epochs[b], color=_BEST, ls=(0, (5, 3)), lw=1.6, zorder=1, gid="best epoch")
+        ax.set_xlabel("epoch")
+        ax.grid(True, axis="y", color=_GRID, lw=0.8)
+        ax.set_axisbelow(True)
+        entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(loc="upper left", bbox_to_anchor=(-0.02, -0.14), ncol=2 if entries > 3 else entries,
+                  frameon=False, handlelength=1.8, columnspacing=1.6)
+        span = max(epochs[-1] - epochs[0], 2)
+        ax.set_xlim(epochs[0] - 0.04 * span, epochs[-1] + 0.04 * span)
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    if path is not None:
+        save_image(fig, path)
+    return fig
 
-    # heading
-    y = 14
-    _text(draw, _MARGIN, y, _fit(title or "Training curve", _TITLE, width - 2 * _MARGIN), _TITLE)
-    y += _line_h(_TITLE) + 6
-    best_txt = f"{_pct(m['val_err'][b])} %"
-    if m["val_errors"][b] is not None:
-        best_txt += f" ({m['val_errors'][b]:,} errors)"
-    sub = (f"{n} epoch{'s' if n != 1 else ''} ({epochs[0]}..{epochs[-1]}); lowest validation error "
-           f"{best_txt} at epoch {epochs[b]}; last: {_pct(m['val_err'][-1])} %.")
-    _text(draw, _MARGIN, y, _fit(sub, _SMALL, width - 2 * _MARGIN), _SMALL, _MUTED)
 
-    # left: error rates
-    ex0, ey0, ex1, ey1 = lay.error_box
-    raw = m["val_raw_err"]
-    errs = m["val_err"] + m["train_err"] + [v for v in raw or () if v is not None]
+def _curves(ax, epochs, series):
+    """One line per (label, colour, values), with dots for up to 60 epochs; None values break a line."""
+    marker = "o" if len(epochs) <= 60 else None
+    for label, colour, values in series:
+        thin = label.endswith("raw weights")
+        ax.plot(epochs, _series(values), color=colour, lw=1.0 if thin else 1.8, marker=marker,
+                ms=3.0 if thin else 4.0, label=label, zorder=2 if thin else 3)
+
+
+def _error_axes(ax, m):
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    epochs, b, raw = m["epoch"], m["best"], m["val_raw_err"]
+    errs = [v for v in m["val_err"] + m["train_err"] + (raw or []) if v is not None]
     lo, hi = min(errs), max(errs)
     log = lo > 0 and hi / lo > 3
-    inner = (ey1 - _CURVE_PAD, ey0 + _CURVE_PAD)
+    series = [("validation", _VAL, m["val_err"]), ("training", _TRAIN, m["train_err"])]
+    _curves(ax, epochs, series + ([("validation, raw weights", _VAL_RAW, raw)] if raw else []))
+    ax.plot([epochs[b]], [m["val_err"][b]], "o", ms=12, mfc="none", mec=_BEST, mew=2, zorder=4,
+            label=f"best (epoch {epochs[b]})" if raw else f"best validation (epoch {epochs[b]})")
     if log:
-        eticks = _log_ticks(lo, hi)
-        la, lb = math.log10(eticks[0]), math.log10(eticks[-1])
-
-        def err_y(v):
-            return inner[0] - (math.log10(v) - la) / (lb - la) * (inner[0] - inner[1])
-
-        def err_label(v):
-            return f"{v:g}"
+        ax.set_yscale("log")
+        decades = math.log10(hi / lo)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5) if decades <= 3 else (1,)))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylim(lo / 1.5, hi * 1.5)
     else:
-        eticks, estep = _linear_ticks(hi)
-
-        def err_y(v):
-            return inner[0] - v / eticks[-1] * (inner[0] - inner[1])
-
-        def err_label(v):
-            return _tick_label(v, estep)
-    _text(draw, ex0, ey0 - 8 - _line_h(_TEXT),
-          f"Error rate (%, {'log' if log else 'linear'} scale)", _TEXT, _INK)
-    bx = int(round(lay.epoch_x(epochs[b], lay.error_box)))
-    _dashed_vline(draw, bx, ey0 + 1, ey1 - 1, _BEST, width=2)
-    _panel(canvas, draw, lay, lay.error_box, [(_TRAIN, m["train_err"], 2)] + ([(_VAL_RAW, raw, 1)] if raw else [])
-           + [(_VAL, m["val_err"], 2)], eticks, err_y, err_label, "error (%)", epochs)
-    _ring(draw, bx, int(round(err_y(m["val_err"][b]))), 8, _BEST, width=2)
-
-    # right: training loss
-    lx0, ly0, lx1, ly1 = lay.loss_box
-    lticks, lstep = _linear_ticks(max(m["loss"]))
-
-    def loss_y(v):
-        return inner[0] - v / lticks[-1] * (inner[0] - inner[1])
-
-    _text(draw, lx0, ly0 - 8 - _line_h(_TEXT), "Training loss", _TEXT, _INK)
-    _dashed_vline(draw, int(round(lay.epoch_x(epochs[b], lay.loss_box))), ly0 + 1, ly1 - 1, _BEST, width=2)
-    series = [(_INK, m["loss"], 2)]
-    if m["class_loss"] is not None:
-        series += [(_CLASS_LOSS, m["class_loss"], 2), (_RECO_LOSS, m["reco_loss"], 2)]
-    _panel(canvas, draw, lay, lay.loss_box, series, lticks, loss_y, lambda v: _tick_label(v, lstep), "loss",
-           epochs)
-
-    # legends under the panels
-    ly = height - 14 - _line_h(_SMALL)
-    _legend_row(canvas, draw, ex0, ly, [("line", _VAL, "validation"), ("line", _TRAIN, "training")]
-                + ([("line", _VAL_RAW, "validation, raw weights")] if raw else [])
-                + [("ring", _BEST, f"best (epoch {epochs[b]})" if raw else f"best validation (epoch {epochs[b]})")])
-    entries = [("line", _INK, "total")]
-    if m["class_loss"] is not None:
-        entries += [("line", _CLASS_LOSS, "margin (class)"), ("line", _RECO_LOSS, "reconstruction")]
-    _legend_row(canvas, draw, lx0, ly, entries)
-
-    if path is not None:
-        save_image(canvas, path)
-    return canvas
+        ax.set_ylim(bottom=0, top=hi * 1.08 if hi > 0 else 1.0)
+    ax.set_title(f"Error rate (%, {'log' if log else 'linear'} scale)", loc="left")
+    ax.set_ylabel("error (%)")

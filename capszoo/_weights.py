@@ -25,8 +25,8 @@ import numpy as np
 from ._io import atomic_path
 from .errors import WeightsFormatError, WeightsIntegrityError
 
-__all__ = ["read_params", "check_params", "load_params_into", "save_params", "sha256_file",
-           "verify_sha256", "param_shapes"]
+__all__ = ["read_params", "read_weights_bytes", "check_params", "load_params_into", "save_params",
+           "sha256_file", "verify_sha256", "param_shapes"]
 
 _LIST_MAGIC = 0x112
 _ND_MAGICS = (0xF993FAC9, 0xF993FACA)
@@ -59,14 +59,35 @@ def _fail(name, problem):
 
 
 def read_params(path, *, max_bytes=MAX_PARAMS_BYTES):
-    """Read an MXNet ``.params`` file into ``{name: numpy array}`` without MXNet.
+    """Read a weights file into ``{name: numpy array}`` without MXNet.
+
+    A name ending in ``.safetensors`` is read as safetensors
+    (:func:`capszoo._safetensors.read_safetensors`), anything else as an MXNet
+    ``.params`` file.
 
     Raises
     ------
     WeightsFormatError
         Anything that is not a well-formed, dense, named parameter list: wrong
         magic, truncation, trailing bytes, absurd counts or shapes, unknown
-        dtypes, duplicate or non-UTF-8 names.
+        dtypes, duplicate or non-UTF-8 names (for safetensors: the rules of
+        :func:`capszoo._safetensors.parse_safetensors`).
+    """
+    from ._safetensors import is_safetensors_path, read_safetensors
+
+    if is_safetensors_path(path):
+        return read_safetensors(path, max_bytes=max_bytes)
+    name = os.fspath(path)
+    return parse_params(read_weights_bytes(name, max_bytes=max_bytes), name)
+
+
+def read_weights_bytes(path, *, max_bytes=MAX_PARAMS_BYTES) -> bytes:
+    """The bytes of the weights file ``path``: a regular file of at most ``max_bytes``.
+
+    Raises
+    ------
+    WeightsFormatError
+        A missing file (or dangling link), a folder or device, an oversized or unreadable file.
     """
     name = os.fspath(path)
     try:
@@ -81,7 +102,7 @@ def read_params(path, *, max_bytes=MAX_PARAMS_BYTES):
             data = fh.read()
     except OSError as exc:
         raise WeightsFormatError(f"cannot read weights file {name}: {exc.strerror}") from None
-    return parse_params(data, name)
+    return data
 
 
 def parse_params(data: bytes, name="<bytes>"):
@@ -182,7 +203,8 @@ def check_params(arrays, expected_shapes, *, source="weights"):
 
 
 def load_params_into(net, path, *, ctx=None):
-    """Validate the ``.params`` file at ``path`` and load it into ``net`` (initialized or not)."""
+    """Validate the weights file at ``path`` (``.params``, or ``.safetensors`` by its name) and load it
+    into ``net`` (initialized or not)."""
     import mxnet as mx
 
     arrays = read_params(path)

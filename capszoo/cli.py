@@ -67,7 +67,7 @@ def info_cmd(name, as_json, weights, graphic):
     if graphic is not None:
         from ._visualize import check_output_path
         check_output_path(graphic, svg=True)
-    net = card.builder()
+    net = card.build()
     path = weights
     if path is None and card.weights is not None:
         from ._hub import resolve_weights
@@ -101,30 +101,16 @@ def info_cmd(name, as_json, weights, graphic):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32", show_default=True,
               help="Inference precision (bfloat16 needs a CPU with avx512_bf16; int8 is calibrated on real digits).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "mxnet"]), default="auto", show_default=True,
-              help="onnxruntime runs the published weights without importing MXNet (fast start); auto picks it "
-                   "for float32 on the CPU with the published weights, else loads the model (whose own 'auto' "
-                   "runs up to 8 images on onnxruntime); mxnet runs everything on MXNet.")
+              help="Engine: auto runs up to 8 images on onnxruntime when it can (float32, one CPU, a shipped "
+                   "graph; with the published weights without importing MXNet: fast start) and larger batches "
+                   "on MXNet; onnxruntime and mxnet force one.")
 def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype, backend):
     """Classify digit image FILES with model NAME."""
-    from ._api import decode_outputs
-    from ._registry import get_card
+    from ._api import load
 
-    card = get_card(name)
-    if _use_onnxruntime(card, backend, weights=weights, ctx=ctx, dtype=dtype):
-        from ._hub import resolve_weights
-        from ._ort import OnnxRuntimeNet
-        from ._preprocess import to_batch
-
-        x = to_batch(list(files), polarity=polarity)
-        probs = OnnxRuntimeNet(card, resolve_weights(card))(x, need_reco=False)[0]
-        results = decode_outputs(card.classes, "TopProbabilities", probs, top=top)
-    else:
-        from ._api import load
-
-        # --backend mxnet: MXNet for every batch; auto: the model's own choice (see capszoo.load)
-        model = load(card.name, ctx=ctx, weights=weights, dtype=dtype,
-                     backend="mxnet" if backend == "mxnet" else "auto")
-        results = model(list(files), prop="TopProbabilities", top=top, polarity=polarity)
+    # The model's engine policy: up to 8 images on onnxruntime (no MXNet import) when it can run them.
+    model = load(name, ctx=ctx, weights=weights, dtype=dtype, backend=backend)
+    results = model(list(files), prop="TopProbabilities", top=top, polarity=polarity)
     if as_json:
         click.echo(json.dumps([{"file": f, "class": r[0][0], "probability": r[0][1],
                                 "top": [{"class": c, "probability": p} for c, p in r]}
@@ -137,49 +123,27 @@ def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype, backe
         click.echo(f"{f:<{width}}  {best}{rest}")
 
 
-def _use_onnxruntime(card, backend, *, weights, ctx, dtype):
-    """Whether ``classify`` runs on onnxruntime; ``--backend onnxruntime`` with options it cannot honour
-    is a usage error naming them."""
-    if backend == "mxnet":
-        return False
-    from ._ort import onnxruntime_available
-
-    blockers = [why for why, bad in (
-        ("--weights (only the published, sha256-verified weights run there)", weights is not None),
-        (f"--dtype {dtype} (it runs float32)", dtype != "float32"),
-        (f"--ctx {ctx} (it runs on the CPU)", ctx.strip().lower() not in ("cpu", "cpu:0")),
-        (f"{card.name} (no onnxruntime graph ships for it)", not card.runtime_graph),
-        ("a model without published weights", card.weights is None),
-    ) if bad]
-    if backend == "auto" and blockers:
-        return False   # MXNet it is: no need to import onnxruntime (~0.4 s) to see if it is installed
-    if not onnxruntime_available():
-        blockers.append("this installation (onnxruntime is not installed)")
-    if backend == "onnxruntime" and blockers:
-        raise click.UsageError("--backend onnxruntime cannot be used with " + "; ".join(blockers)
-                               + ". Use --backend mxnet (or auto).")
-    return not blockers
-
-
 @main.command("evaluate")
 @click.argument("model")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the MNIST idx files (default: download into the cache).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="A .params file instead of the published weights.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
 @click.option("--batch-size", type=click.IntRange(1, 10000), default=500, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32", show_default=True,
               help="Inference precision.")
-def evaluate_cmd(model, data_dir, as_json, ctx, batch_size, dtype):
-    """Test accuracy of MODEL (a name, or a .params file of capsnet-mnist) on the MNIST test set."""
+def evaluate_cmd(model, data_dir, weights, as_json, ctx, batch_size, dtype):
+    """Test accuracy of MODEL (a name; or a .params file of capsnet-mnist) on the MNIST test set."""
     from ._api import load
     from ._evaluate import evaluate
     from .data import load_mnist
 
     if model.endswith(".params") or os.path.isfile(model):
-        m = load("capsnet-mnist", ctx=ctx, weights=model, dtype=dtype)
-    else:
-        m = load(model, ctx=ctx, dtype=dtype)
+        if weights is not None:
+            raise click.UsageError("give MODEL as a name with --weights, or a .params file alone")
+        model, weights = "capsnet-mnist", model
+    m = load(model, ctx=ctx, weights=weights, dtype=dtype)
     images, labels = load_mnist("test", data_dir=data_dir)
     result = evaluate(m, images, labels, batch_size=batch_size)
     if as_json:
@@ -260,12 +224,14 @@ def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, 
               help="MNIST folder for --verify (default: download into the cache).")
 @click.option("--verify-count", type=click.IntRange(1, 10000), default=10000, show_default=True,
               help="MNIST test images used by --verify.")
-def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir, verify_count):
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="int8 (ONNX only): quantized by onnxruntime, calibrated on the shipped training digits.")
+def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir, verify_count, dtype):
     """Export model NAME (or a slice of it) to MXNet symbol JSON + params or ONNX."""
     from ._export import export_model
 
     report = export_model(name, fmt=fmt, out_dir=out_dir, prefix=prefix, slice_spec=slice_spec, weights=weights,
-                          verify=verify, data_dir=data_dir, verify_count=verify_count)
+                          verify=verify, data_dir=data_dir, verify_count=verify_count, dtype=dtype)
     for f in report["files"]:
         click.echo(f"wrote {f['path']}  ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
     if verify:
@@ -294,7 +260,7 @@ def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
     """Draw each of IMAGES beside its reconstruction by model NAME, with the predicted class."""
     from ._api import load
     from ._registry import get_card
-    from ._visualize import check_output_path, parse_labels, reconstruction_panel, save_image
+    from ._visualize import check_output_path, parse_labels, pixel_size, reconstruction_panel, save_image
     from .errors import InvalidInputError
 
     get_card(name)
@@ -305,7 +271,7 @@ def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
     model = load(name, ctx=ctx, weights=weights)
     panel = reconstruction_panel(model, list(images), labels=labs, columns=columns, polarity=polarity)
     save_image(panel, out)
-    click.echo(f"wrote {out}  ({panel.width} x {panel.height})")
+    click.echo(f"wrote {out}  ({' x '.join(map(str, pixel_size(panel)))})")
 
 
 @main.command("tweak")
@@ -324,7 +290,7 @@ def tweak_cmd(name, image, dims, range_spec, out, scale, weights, polarity, ctx)
     """Grid of IMAGE's reconstructions with one capsule dimension shifted (rows: dims, columns: offsets)."""
     from ._api import load
     from ._registry import get_card
-    from ._visualize import check_output_path, parse_dims, parse_range, save_image, tweak_images
+    from ._visualize import check_output_path, parse_dims, parse_range, pixel_size, save_image, tweak_images
 
     get_card(name)
     check_output_path(out)
@@ -333,7 +299,8 @@ def tweak_cmd(name, image, dims, range_spec, out, scale, weights, polarity, ctx)
     model = load(name, ctx=ctx, weights=weights)
     _, grid = tweak_images(model, image, dims=dim_list, offsets=offsets, scale=scale, polarity=polarity)
     save_image(grid, out)
-    click.echo(f"wrote {out}  ({len(dim_list)} dims x {len(offsets)} offsets, {grid.width} x {grid.height})")
+    click.echo(f"wrote {out}  ({len(dim_list)} dims x {len(offsets)} offsets, "
+               f"{' x '.join(map(str, pixel_size(grid)))})")
 
 
 @main.command("features")
@@ -354,7 +321,7 @@ def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, 
 
     from ._api import load
     from ._registry import get_card
-    from ._visualize import check_output_path, feature_space_plot, save_image
+    from ._visualize import check_output_path, feature_space_plot, pixel_size, save_image
     from .errors import InvalidInputError
 
     get_card(name)
@@ -385,7 +352,34 @@ def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, 
     model = load(name, ctx=ctx, weights=weights)
     plot = feature_space_plot(model, inputs, labels, seed=seed, polarity=polarity)
     save_image(plot, out)
-    click.echo(f"wrote {out}  ({len(inputs)} images, {plot.width} x {plot.height})")
+    click.echo(f"wrote {out}  ({len(inputs)} images, {' x '.join(map(str, pixel_size(plot)))})")
+
+
+@main.command("routing")
+@click.argument("name")
+@click.argument("image", type=click.Path())
+@click.option("-o", "--out", required=True, metavar="PATH", help=_OUT_HELP)
+@click.option("--scale", type=click.IntRange(2, 16), default=5, show_default=True, help="Pixels per capsule.")
+@click.option("--weights", type=click.Path(dir_okay=False), help=_WEIGHTS_HELP)
+@click.option("--polarity", type=_POLARITY_CHOICE, default="auto", show_default=True, help="Ink polarity of the image.")
+@click.option("--ctx", default="cpu", show_default=True, help="Device(s): cpu, gpu:0, cpu:0,cpu:1 ...")
+def routing_cmd(name, image, out, scale, weights, polarity, ctx):
+    """Picture of routing by agreement for IMAGE in capsule net NAME: which primary capsules send their
+    votes to the predicted class, per iteration."""
+    from ._api import load
+    from ._registry import get_card
+    from ._visualize import check_output_path, pixel_size, routing_figure, save_image
+    from .errors import InvalidInputError
+
+    card = get_card(name)
+    if card.arch != "capsnet":
+        raise InvalidInputError(f"{card.name} is not a capsule network: it has no routing to draw (its sub-nets: "
+                                f"{', '.join(card.subnets)}); use a capsnet-* entry")
+    check_output_path(out)
+    model = load(name, ctx=ctx, weights=weights, backend="mxnet")
+    fig = routing_figure(model, image, polarity=polarity, scale=scale)
+    save_image(fig, out)
+    click.echo(f"wrote {out}  ({' x '.join(map(str, pixel_size(fig)))})")
 
 
 @main.command("launch", context_settings={"allow_interspersed_args": False})
@@ -428,22 +422,71 @@ def launch_cmd(num_workers, num_servers, hosts_file, local, port, scheduler_host
 
 
 @main.command("graph")
-@click.argument("file", metavar="FILE")
+@click.argument("file", metavar="FILE|NAME")
 @click.option("-o", "--out", required=True, metavar="PATH", help="Output picture: .svg or .png (written atomically).")
-@click.option("--title", default=None, help="Heading of the picture [default: Node graph of FILE's name].")
+@click.option("--title", default=None, help="Heading of the picture [default: Node graph of FILE's or NAME's name].")
 def graph_cmd(file, out, title):
-    """Draw the node graph of an exported MXNet symbol FILE (<prefix>-symbol.json), like NodeGraphPlot."""
+    """Draw the node graph of model NAME, or of an exported MXNet symbol FILE (<prefix>-symbol.json), like
+    NodeGraphPlot."""
     import pathlib
 
     from ._graph import check_graph_output, load_symbol_graph, save_graph
 
     check_graph_output(out)
-    graph = load_symbol_graph(pathlib.Path(file))  # always a path here, even if the name starts with "{"
+    if not os.path.exists(file) and _is_model_name(file):
+        from ._graph import model_symbol_json
+        graph = load_symbol_graph(model_symbol_json(file))
+        title = title or f"Node graph of {file}"
+    else:
+        graph = load_symbol_graph(pathlib.Path(file))  # always a path here, even if the name starts with "{"
     lay = save_graph(graph, out, title=title)
     if graph.unknown_ops:
         click.echo(f"note: operators not known to capszoo, drawn in red: {', '.join(graph.unknown_ops)}", err=True)
     click.echo(f"wrote {out}  ({lay.num_ops} operator nodes in {lay.columns} column{'s' if lay.columns > 1 else ''}, "
                f"{lay.size[0]} x {lay.size[1]})")
+
+
+def _is_model_name(name):
+    from ._registry import get_card
+    from .errors import ModelNotFoundError
+    try:
+        get_card(name)
+        return True
+    except ModelNotFoundError:
+        return False
+
+
+@main.command("push")
+@click.argument("name")
+@click.option("--repo-id", required=True, metavar="OWNER/REPO", help="The Hub model repository (created if missing).")
+@click.option("--revision", default=None, metavar="TAG",
+              help="Tag for the uploaded commit [default: the card's weights.hf_revision].")
+@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
+@click.option("--dry-run", is_flag=True, help="Build the repository folder only: no token needed, nothing uploaded.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to build in (new, empty or an earlier build) [default: $CAPSZOO_HOME/publish/NAME-SHA8].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="MNIST folder for verifying the exports (default: download into the cache).")
+@click.option("--verify-count", type=click.IntRange(1, 10000), default=10000, show_default=True,
+              help="MNIST test images each export is verified on.")
+def push_cmd(name, repo_id, revision, private, dry_run, out_dir, data_dir, verify_count):
+    """Publish entry NAME on the Hugging Face Hub: weights (.params and safetensors), MXNet and ONNX
+    exports, config.json and a model card; tag the commit and record it in the entry's manifest.
+
+    The token comes from HF_TOKEN or `hf auth login`.
+    """
+    from ._publish import push_to_hub
+
+    res = push_to_hub(name, repo_id=repo_id, revision=revision, private=private, dry_run=dry_run, out_dir=out_dir,
+                      data_dir=data_dir, verify_count=verify_count, log=lambda m: click.echo(m, err=True))
+    for path, d in res.files.items():
+        click.echo(f"{path}  ({d['size']:,} bytes, sha256 {d['sha256'][:16]}...)")
+    if res.dry_run:
+        click.echo(f"dry run: built {res.folder}; nothing uploaded (tag would be {res.repo_id}@{res.revision})")
+    else:
+        state = "tagged" if res.tagged else "tag already there"
+        click.echo(f"published {res.repo_id}@{res.revision} (commit {res.commit}, {state}): {res.url}")
+        click.echo(f"recorded in {res.manifest}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,7 @@ __all__ = [
     "UnsupportedOperatorError",
     "GraphFormatError",
     "DistributedError",
+    "PublishError",
 ]
 
 
@@ -109,3 +110,7 @@ class GraphFormatError(CapszooError, ValueError):
 
 class DistributedError(CapszooError, RuntimeError):
     """A distributed (parameter server) job that cannot start or failed."""
+
+
+class PublishError(CapszooError, RuntimeError):
+    """A zoo entry that cannot be published to the Hugging Face Hub (no weights, no token, a Hub failure...)."""

@@ -512,76 +512,102 @@ def _check_graph(doc, where, depth=0):
     nodes, heads = doc["nodes"], doc["heads"]
     if not isinstance(nodes, list) or not nodes:
         raise _not_symbol(where, f"'nodes' must be a non-empty list, got {_shorten(json.dumps(nodes), 60)}")
-    n = len(nodes)
-    entries = []   # (where it is, what it is, node, output)
+    entries = []   # (what it is, node, output)
     for i, nd in enumerate(nodes):
-        if not isinstance(nd, dict):
-            raise _not_symbol(where, f"node {i} is a JSON {type(nd).__name__}, not an object with op, name "
-                                     "and inputs")
-        for key in ("op", "name"):
-            if key not in nd:
-                raise _not_symbol(where, f"node {i} has no {key!r}")
-            if not isinstance(nd[key], str) or not nd[key]:
-                raise _not_symbol(where, f"node {i}: {key!r} must be a non-empty string, got "
-                                         f"{_shorten(json.dumps(nd[key]), 60)}")
-        op = nd["op"]
-        at = f"node {i} ({_short_name(nd['name'])}, {_shorten(op, 40)})"
-        inputs = nd.get("inputs", [])
-        if not isinstance(inputs, list):
-            raise _not_symbol(where, f"{at}: 'inputs' must be a list, got {type(inputs).__name__}")
-        if op == "null" and inputs:
-            raise _not_symbol(where, f"{at} is a variable (op \"null\") but has inputs")
-        for j, entry in enumerate(inputs):
-            src, out = _check_entry(entry, where, f"{at}: input {j}", n)
-            if src >= i:
-                raise _not_symbol(where, f"{at}: input {j} refers to "
-                                         f"{'the node itself' if src == i else f'node {src}, which comes after it'}"
-                                         " (MXNet writes nodes in topological order, so this is a cycle or a "
-                                         "corrupted file)")
-            entries.append((f"{at}: input {j}", src, out))
-        deps = nd.get("control_deps", [])
-        if not isinstance(deps, list) or not all(_is_int(d) and 0 <= d < i for d in deps):
-            raise _not_symbol(where, f"{at}: 'control_deps' must list earlier nodes, got "
-                                     f"{_shorten(json.dumps(deps), 60)}")
-        for key in ("attrs", "attr", "param"):   # "attr"/"param": MXNet < 1.0
-            value = nd.get(key, {})
-            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-                raise _not_symbol(where, f"{at}: {key!r} must be an object of strings")
-        subgraphs = nd.get("subgraphs", [])
-        if not isinstance(subgraphs, list):
-            raise _not_symbol(where, f"{at}: 'subgraphs' must be a list")
-        if subgraphs and depth >= MAX_SUBGRAPH_DEPTH:
-            raise _not_symbol(where, f"{at}: subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep")
-        for k, sub in enumerate(subgraphs):
-            _check_graph(sub, f"{where} (subgraph {k} of node {i})", depth + 1)
+        entries.extend(_check_node(nd, i, len(nodes), where, depth))
+    entries.extend(_check_heads(heads, len(nodes), where))
+    if "arg_nodes" in doc:
+        _check_arg_nodes(doc["arg_nodes"], nodes, where)
+    _check_output_indices(entries, nodes, doc.get("attrs"), where)
+
+
+def _node_label(i, node):
+    """How a message names node ``i``: ``node <i> (<name>, <op>)``."""
+    return f"node {i} ({_short_name(node['name'])}, {_shorten(node['op'], 40)})"
+
+
+def _check_node(nd, i, n, where, depth):
+    """Check node ``i`` of a graph of ``n`` nodes (its subgraphs too, at nesting ``depth``) for
+    :func:`_check_graph`; returns its inputs as ``(what, node, output)`` entries."""
+    if not isinstance(nd, dict):
+        raise _not_symbol(where, f"node {i} is a JSON {type(nd).__name__}, not an object with op, name "
+                                 "and inputs")
+    for key in ("op", "name"):
+        if key not in nd:
+            raise _not_symbol(where, f"node {i} has no {key!r}")
+        if not isinstance(nd[key], str) or not nd[key]:
+            raise _not_symbol(where, f"node {i}: {key!r} must be a non-empty string, got "
+                                     f"{_shorten(json.dumps(nd[key]), 60)}")
+    at = _node_label(i, nd)
+    inputs = nd.get("inputs", [])
+    if not isinstance(inputs, list):
+        raise _not_symbol(where, f"{at}: 'inputs' must be a list, got {type(inputs).__name__}")
+    if nd["op"] == "null" and inputs:
+        raise _not_symbol(where, f"{at} is a variable (op \"null\") but has inputs")
+    entries = []
+    for j, entry in enumerate(inputs):
+        src, out = _check_entry(entry, where, f"{at}: input {j}", n)
+        if src >= i:
+            raise _not_symbol(where, f"{at}: input {j} refers to "
+                                     f"{'the node itself' if src == i else f'node {src}, which comes after it'}"
+                                     " (MXNet writes nodes in topological order, so this is a cycle or a "
+                                     "corrupted file)")
+        entries.append((f"{at}: input {j}", src, out))
+    deps = nd.get("control_deps", [])
+    if not isinstance(deps, list) or not all(_is_int(d) and 0 <= d < i for d in deps):
+        raise _not_symbol(where, f"{at}: 'control_deps' must list earlier nodes, got "
+                                 f"{_shorten(json.dumps(deps), 60)}")
+    for key in ("attrs", "attr", "param"):   # "attr"/"param": MXNet < 1.0
+        value = nd.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise _not_symbol(where, f"{at}: {key!r} must be an object of strings")
+    subgraphs = nd.get("subgraphs", [])
+    if not isinstance(subgraphs, list):
+        raise _not_symbol(where, f"{at}: 'subgraphs' must be a list")
+    if subgraphs and depth >= MAX_SUBGRAPH_DEPTH:
+        raise _not_symbol(where, f"{at}: subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep")
+    for k, sub in enumerate(subgraphs):
+        _check_graph(sub, f"{where} (subgraph {k} of node {i})", depth + 1)
+    return entries
+
+
+def _check_heads(heads, n, where):
+    """Check the ``heads`` of a graph of ``n`` nodes; returns them as ``(what, node, output)`` entries."""
     if not isinstance(heads, list) or not heads:
         raise _not_symbol(where, f"'heads' must be a non-empty list of [node, output, version] entries (the "
                                  f"outputs), got {_shorten(json.dumps(heads), 60)}")
+    entries = []
     for j, entry in enumerate(heads):
         src, out = _check_entry(entry, where, f"head {j}", n)
         entries.append((f"head {j}", src, out))
-    if "arg_nodes" in doc:
-        args = doc["arg_nodes"]
-        if not isinstance(args, list) or not all(_is_int(a) for a in args):
-            raise _not_symbol(where, "'arg_nodes' must be a list of node indices")
-        for a in args:
-            if not 0 <= a < n:
-                raise _not_symbol(where, f"'arg_nodes' lists node {a}, but the graph has nodes 0..{n - 1}")
-            if nodes[a]["op"] != "null":
-                raise _not_symbol(where, f"'arg_nodes' lists node {a} ({_short_name(nodes[a]['name'])}), an "
-                                         f"operator ({_shorten(nodes[a]['op'], 40)}), not a variable")
+    return entries
+
+
+def _check_arg_nodes(args, nodes, where):
+    """Check that ``arg_nodes`` lists variables (``op`` ``"null"``) of the graph."""
+    if not isinstance(args, list) or not all(_is_int(a) for a in args):
+        raise _not_symbol(where, "'arg_nodes' must be a list of node indices")
+    for a in args:
+        if not 0 <= a < len(nodes):
+            raise _not_symbol(where, f"'arg_nodes' lists node {a}, but the graph has nodes 0..{len(nodes) - 1}")
+        if nodes[a]["op"] != "null":
+            raise _not_symbol(where, f"'arg_nodes' lists node {a} ({_short_name(nodes[a]['name'])}), an "
+                                     f"operator ({_shorten(nodes[a]['op'], 40)}), not a variable")
+
+
+def _check_output_indices(entries, nodes, graph_attrs, where):
+    """Check that each ``(what, node, output)`` entry names an output its node has (counted by
+    :func:`_count_outputs`, once per node; output 0 and variables need no count)."""
     counts = {}
     for what, src, out in entries:
         if out == 0:
             continue   # every operator has an output 0
+        node = nodes[src]
         if src not in counts:
-            node = nodes[src]
-            src_at = f"node {src} ({_short_name(node['name'])}, {_shorten(node['op'], 40)})"
-            counts[src] = 1 if node["op"] == "null" else _count_outputs(node, doc.get("attrs"), where, src_at)
+            counts[src] = (1 if node["op"] == "null"
+                           else _count_outputs(node, graph_attrs, where, _node_label(src, node)))
         if out >= counts[src]:
-            node = nodes[src]
-            raise _not_symbol(where, f"{what} names output {out} of node {src} ({_short_name(node['name'])}, "
-                                     f"{_shorten(node['op'], 40)}), which has "
+            raise _not_symbol(where, f"{what} names output {out} of {_node_label(src, node)}, which has "
                                      f"{counts[src]} output{'s' if counts[src] != 1 else ''}")
 
 
@@ -718,16 +744,43 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
     # symbol file (a bad one crashes the process) and the sizes of a .params file.
     sym = _load_symbol(symbol_path)
     weights = _load_params(params_path)
-    aux_names = set(sym.list_auxiliary_states())
-    arg = _as_ndarrays({k: v for k, v in weights.items() if k not in aux_names})
-    aux = _as_ndarrays({k: v for k, v in weights.items() if k in aux_names})
+    arg, aux = _split_params(sym, weights)
     mx_names = sym.list_outputs()
     names = [_plain(n) for n in mx_names]
     ref = reference if reference is not None else block_outputs(block, x, batch_size=batch_size)
     ref = [np.asarray(r) for r in ref]
-    first = x[:batch_size]
     files = f"{symbol_path} with {params_path}"
+    sb_out = _run_symbolblock(symbol_path, params_path, x, batch_size, files)
+    mod_out, mod_names = _run_module(sym, arg, aux, x, batch_size, files)
+    result = {
+        "num_inputs": int(len(x)),
+        "outputs": names,
+        "mxnet_output_names": list(mx_names),
+        "module_output_names": list(mod_names),
+        "symbolblock": _diffs(names, sb_out, ref),
+        "module": _diffs(names, mod_out, ref),
+    }
+    result["max_abs_diff"] = max(list(result["symbolblock"].values()) + list(result["module"].values()))
+    a_sb, a_mod = _agreement(sb_out, ref), _agreement(mod_out, ref)
+    result["argmax_agreement"] = None if a_sb is None else {"symbolblock": a_sb, "module": a_mod}
+    if labels is not None:
+        result["accuracy"] = {"symbolblock": label_accuracy(sb_out, labels), "module": label_accuracy(mod_out, labels)}
+    if atol is not None and result["max_abs_diff"] > atol:
+        raise ExportError(f"the MXNet export differs from the block by {result['max_abs_diff']:.3g} "
+                          f"(> {atol:g}): {result['symbolblock']} (SymbolBlock), {result['module']} "
+                          "(Module); export the block again and report a bug if it persists")
+    return result
 
+
+def _run_symbolblock(symbol_path, params_path, x, batch_size, files):
+    """The outputs of the export (``files`` names it in messages) loaded with
+    :meth:`mxnet.gluon.SymbolBlock.imports`, on ``x`` in chunks of ``batch_size``.
+
+    Raises
+    ------
+    GraphFormatError
+        MXNet cannot load the files or run the graph.
+    """
     try:
         with warnings.catch_warnings():
             # imports() without an input dtype warns that it "cannot decide the type" of data; the
@@ -739,11 +792,31 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
         raise GraphFormatError(f"SymbolBlock.imports cannot load {files}: {_first_error_line(exc)}; "
                                "export the model again") from None
     try:
-        sb_out = block_outputs(sb, x, batch_size=batch_size)
+        return block_outputs(sb, x, batch_size=batch_size)
     except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError, MemoryError) as exc:
         raise GraphFormatError(f"the graph of {files} fails when run by SymbolBlock on a batch of shape "
-                               f"{first.shape}: {_first_error_line(exc)}; export the model again") from None
+                               f"{x[:batch_size].shape}: {_first_error_line(exc)}; export the model again") from None
 
+
+def _split_params(sym, weights):
+    """``(arguments, auxiliary states)`` of ``sym`` among ``weights``, as CPU NDArrays."""
+    aux_names = set(sym.list_auxiliary_states())
+    arg = _as_ndarrays({k: v for k, v in weights.items() if k not in aux_names})
+    aux = _as_ndarrays({k: v for k, v in weights.items() if k in aux_names})
+    return arg, aux
+
+
+def _run_module(sym, arg, aux, x, batch_size, files):
+    """``(outputs, Module.output_names)`` of the symbol ``sym`` with the parameters ``arg`` and
+    ``aux`` in the legacy :class:`mxnet.mod.Module` API, bound for inference and fed
+    ``DataBatch`` es of ``batch_size`` images of ``x``.
+
+    Raises
+    ------
+    GraphFormatError
+        MXNet cannot bind the graph or run it (``files`` names the export).
+    """
+    first = x[:batch_size]
     mod = mx.mod.Module(symbol=sym, data_names=[INPUT_NAME], label_names=None, context=mx.cpu())
     try:
         mod.bind(data_shapes=[(INPUT_NAME, first.shape)], for_training=False)
@@ -759,23 +832,4 @@ def verify_mxnet(symbol_path, params_path, block, images, *, batch_size=VERIFY_B
     except (AssertionError, mx.base.MXNetError, ValueError, RuntimeError, MemoryError) as exc:
         raise GraphFormatError(f"the graph of {files} fails when run by mx.mod.Module on a batch of shape "
                                f"{first.shape}: {_first_error_line(exc)}; export the model again") from None
-    mod_out = [np.concatenate(parts) for parts in zip(*chunks)]
-
-    result = {
-        "num_inputs": int(len(x)),
-        "outputs": names,
-        "mxnet_output_names": list(mx_names),
-        "module_output_names": list(mod.output_names),
-        "symbolblock": _diffs(names, sb_out, ref),
-        "module": _diffs(names, mod_out, ref),
-    }
-    result["max_abs_diff"] = max(list(result["symbolblock"].values()) + list(result["module"].values()))
-    a_sb, a_mod = _agreement(sb_out, ref), _agreement(mod_out, ref)
-    result["argmax_agreement"] = None if a_sb is None else {"symbolblock": a_sb, "module": a_mod}
-    if labels is not None:
-        result["accuracy"] = {"symbolblock": label_accuracy(sb_out, labels), "module": label_accuracy(mod_out, labels)}
-    if atol is not None and result["max_abs_diff"] > atol:
-        raise ExportError(f"the MXNet export differs from the block by {result['max_abs_diff']:.3g} "
-                          f"(> {atol:g}): {result['symbolblock']} (SymbolBlock), {result['module']} "
-                          "(Module); export the block again and report a bug if it persists")
-    return result
+    return [np.concatenate(parts) for parts in zip(*chunks)], mod.output_names

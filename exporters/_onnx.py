@@ -20,6 +20,16 @@ Properties of the ONNX file:
   ``capsule``, ``reconstruction``), with their element type and shape;
 * ``producer_name`` ``capszoo``, a ``doc_string`` and ``metadata_props``
   (``producer``, ``model_name``, ``source``, ``opset``, ``input``, ``outputs``, ...);
+* no tensor is computed from the input's shape (no ``Shape``, ``ConstantOfShape``,
+  ``Expand`` or ``Unsqueeze``): reshape targets are constants of fixed sizes, 0 and -1,
+  ``ones_like``/``zeros_like`` are ``Where(x == x, v, v)``.  Runtimes that fold shapes at
+  load time (OpenCV's DNN module) then keep the batch dynamic (tests/test_onnx_portability.py,
+  scripts/onnx_runtimes.py);
+* layouts chosen for speed, with the same sums: a transpose that would move every element of
+  a MatMul's product on its own (PrimaryPredVects' prediction vectors) is computed from the
+  transposed product, ``(A B)^T = B^T A^T`` (:func:`_sink_transposes`); ``batch_dot`` with
+  ``transpose_a`` against a column is ``(b^T a)^T``, whose transposes are reshapes;
+  scalar arithmetic on a constant fill is done at export time;
 * the model passes ``onnx.checker.check_model(model, full_check=True)`` before
   it is written, atomically.
 
@@ -164,13 +174,34 @@ def _onnx_type(dtype):
 
 
 class _Node:
-    """One MXNet operator node with its ONNX input tensors and MXNet-inferred ranks and dtypes."""
+    """One MXNet operator node with its ONNX input tensors and MXNet-inferred shapes and dtypes.
 
-    __slots__ = ("name", "op", "attrs", "inputs", "in_ranks", "in_dtypes", "out_rank", "out_dtype")
+    ``in_shapes``/``out_shape`` are MXNet's shapes at the export's batch size, ``in_shapes2``/
+    ``out_shape2`` at a batch one larger; ``in_ranks`` and ``out_rank`` their lengths.  A size that
+    differs between the two follows the batch and is never written into the graph: translations
+    use the shapes for ranks, for sizes the batch cannot change (kernels, channels, spatial sizes)
+    and for checks.
+    """
 
-    def __init__(self, name, op, attrs, inputs, in_ranks, in_dtypes, out_rank, out_dtype):
+    __slots__ = ("name", "op", "attrs", "inputs", "in_shapes", "in_dtypes", "out_shape", "out_dtype", "in_shapes2",
+                 "out_shape2")
+
+    def __init__(self, name, op, attrs, inputs, in_shapes, in_dtypes, out_shape, out_dtype, in_shapes2=None,
+                 out_shape2=None):
         self.name, self.op, self.attrs, self.inputs = name, op, attrs, inputs
-        self.in_ranks, self.in_dtypes, self.out_rank, self.out_dtype = in_ranks, in_dtypes, out_rank, out_dtype
+        self.in_shapes, self.in_dtypes = [tuple(s) for s in in_shapes], in_dtypes
+        self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
+        # the same shapes at a batch one larger (equal when the batch is fixed)
+        self.in_shapes2 = self.in_shapes if in_shapes2 is None else [tuple(s) for s in in_shapes2]
+        self.out_shape2 = self.out_shape if out_shape2 is None else tuple(out_shape2)
+
+    @property
+    def in_ranks(self):
+        return [len(s) for s in self.in_shapes]
+
+    @property
+    def out_rank(self):
+        return len(self.out_shape)
 
 
 class _Builder:
@@ -178,6 +209,10 @@ class _Builder:
         self.opset = opset
         self.nodes = []
         self.used = set()
+        self.batch_matmuls = set()   # outputs of MatMuls whose two inputs have the same rank
+        # tensors that hold one value everywhere: {tensor: (condition, value, dtype, reshape targets)},
+        # the tensor being Where(condition, value, value) reshaped by the targets in turn
+        self.fills = {}
 
     def fresh(self, base):
         name, i = base, 1
@@ -257,31 +292,129 @@ def _scalar(onnx_op, reverse=False):
         if not np.issubdtype(np.dtype(n.in_dtypes[0]), np.floating):
             raise _unsupported(n, f"a scalar operation on a {np.dtype(n.in_dtypes[0]).name} tensor "
                                   "(only floating point tensors are supported)")
+        fill = b.fills.get(n.inputs[0])
+        if fill is not None:   # a constant fill stays one: the arithmetic is done here, in its dtype
+            dt = np.dtype(fill[2]).type
+            with np.errstate(all="ignore"):
+                a, c = (dt(value), fill[1]) if reverse else (fill[1], dt(value))
+                return _refill(b, n, fill, _SCALAR_FOLD[onnx_op](a, c))
         c = b.const(f"{n.name}/scalar", value, n.in_dtypes[0])
         inputs = [c, n.inputs[0]] if reverse else [n.inputs[0], c]
         return b.add(onnx_op, inputs, n, "out")
     return conv
 
 
-def _convolution(b, n):
+_SCALAR_FOLD = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power,
+                "Max": np.maximum, "Min": np.minimum}
+
+
+def _refill(b, n, fill, value):
+    """The fill ``(condition, value, dtype, reshape targets)`` with another value: ``Where(condition,
+    value, value)`` and the same reshapes.  The tensor it replaces is left unused (and dropped)."""
+    cond, _, dtype, targets = fill
+    v = b.const(f"{n.name}/value", value, dtype)
+    y = b.add("Where", [cond, v, v], n, "out" if not targets else "fill")
+    for i, t in enumerate(targets):
+        y = b.add("Reshape", [y, t], n, "out" if i + 1 == len(targets) else "fill")
+    b.fills[y] = (cond, np.asarray(value, dtype=dtype)[()], dtype, list(targets))
+    return y
+
+
+def _window(n):
+    """``(kernel, stride, pad)`` of a Convolution, Deconvolution or Pooling node (stride 1, pad 0 by default)."""
+    kernel = _attr_tuple(n, "kernel")
+    if not kernel:
+        raise GraphFormatError(f"node {_short_name(n.name)} ({n.op}) has no kernel attribute")
+    k = len(kernel)
+    return kernel, _attr_tuple(n, "stride", ()) or (1,) * k, _attr_tuple(n, "pad", ()) or (0,) * k
+
+
+def _conv_geometry(n):
+    """``(kernel, stride, dilate, pad, group, inputs)`` of a Convolution or Deconvolution node."""
     layout = _attr_str(n, "layout", "None")
     if layout not in ("None", "NCW", "NCHW", "NCDHW"):
         raise _unsupported(n, f"layout={layout!r} (only channels-first layouts NCW/NCHW/NCDHW)")
-    kernel = _attr_tuple(n, "kernel")
-    if not kernel:
-        raise GraphFormatError(f"node {_short_name(n.name)} (Convolution) has no kernel attribute")
+    kernel, stride, pad = _window(n)
     k = len(kernel)
-    stride = _attr_tuple(n, "stride", ()) or (1,) * k
     dilate = _attr_tuple(n, "dilate", ()) or (1,) * k
-    pad = _attr_tuple(n, "pad", ()) or (0,) * k
     if not len(stride) == len(dilate) == len(pad) == k:
-        raise GraphFormatError(f"node {_short_name(n.name)} (Convolution): kernel, stride, dilate and pad "
+        raise GraphFormatError(f"node {_short_name(n.name)} ({n.op}): kernel, stride, dilate and pad "
                                "differ in length")
     group = _attr_int(n, "num_group", 1)
-    no_bias = _attr_bool(n, "no_bias", False)
-    inputs = n.inputs[:2] if no_bias else n.inputs[:3]
+    # MXNet's Convolution has a bias unless no_bias; its Deconvolution has none unless no_bias=False
+    inputs = n.inputs[:2] if _attr_bool(n, "no_bias", n.op == "Deconvolution") else n.inputs[:3]
+    return kernel, stride, dilate, pad, group, inputs
+
+
+def _convolution(b, n):
+    kernel, stride, dilate, pad, group, inputs = _conv_geometry(n)
     return b.add("Conv", inputs, n, "out", kernel_shape=list(kernel), strides=list(stride),
                  dilations=list(dilate), pads=list(pad) * 2, group=group)
+
+
+def _deconvolution(b, n):
+    """MXNet's Deconvolution (a transposed convolution) as ONNX ConvTranspose with explicit pads.
+
+    Output size per spatial axis: ``stride * (in - 1) + dilate * (kernel - 1) + 1 - 2 * pad + adj``.
+    A non-zero ``target_shape`` replaces ``pad`` and ``adj`` by the values MXNet derives from it
+    (``total = full size - target``, ``pad = ceil(total / 2)``, ``adj = total % 2``).  Explicit
+    ``pads``/``output_padding`` rather than ONNX's ``output_shape``: runtimes agree on the former,
+    not on how the latter distributes padding.  The weight layout (in channels, out channels /
+    group, kernel...) is the same in both.
+    """
+    kernel, stride, dilate, pad, group, inputs = _conv_geometry(n)
+    k = len(kernel)
+    adj = _attr_tuple(n, "adj", ()) or (0,) * k
+    target = _attr_tuple(n, "target_shape", ()) or ()
+    spatial = n.in_shapes[0][2:]
+    if len(adj) != k or (target and len(target) != k) or len(spatial) != k:
+        raise GraphFormatError(f"node {_short_name(n.name)} (Deconvolution): kernel={kernel}, adj={adj}, "
+                               f"target_shape={target} and the input's {len(spatial)} spatial axes differ in length")
+    full = [s * (i - 1) + d * (kk - 1) + 1 for s, i, d, kk in zip(stride, spatial, dilate, kernel)]
+    if any(target):
+        total = [f - t for f, t in zip(full, target)]
+        if any(t < 0 for t in total):
+            raise GraphFormatError(f"node {_short_name(n.name)} (Deconvolution): target_shape={target} is larger "
+                                   f"than the largest output {tuple(full)}")
+        pad, adj = tuple((t + 1) // 2 for t in total), tuple(t % 2 for t in total)
+    if any(a >= max(s, d) for a, s, d in zip(adj, stride, dilate)):
+        raise _unsupported(n, f"adj={adj} not smaller than stride={stride} or dilate={dilate} "
+                              "(ONNX's output_padding must be)")
+    size = tuple(f - 2 * p + a for f, p, a in zip(full, pad, adj))
+    if size != tuple(n.out_shape[2:]):  # pragma: no cover - the formula is MXNet's
+        raise GraphFormatError(f"node {_short_name(n.name)} (Deconvolution): the ONNX output would be {size}, "
+                               f"MXNet's is {tuple(n.out_shape[2:])}")
+    return b.add("ConvTranspose", inputs, n, "out", kernel_shape=list(kernel), strides=list(stride),
+                 dilations=list(dilate), pads=list(pad) * 2, output_padding=list(adj), group=group)
+
+
+def _pooling(b, n):
+    """Max or average pooling: MaxPool/AveragePool (GlobalMaxPool/GlobalAveragePool for
+    ``global_pool``).  MXNet's "valid" convention is ONNX's floor, "full" its ``ceil_mode``;
+    average pooling counts the padding as MXNet does by default (``count_include_pad``)."""
+    layout = _attr_str(n, "layout", "None")
+    if layout not in ("None", "NCW", "NCHW", "NCDHW"):
+        raise _unsupported(n, f"layout={layout!r} (only channels-first layouts NCW/NCHW/NCDHW)")
+    kind = _attr_str(n, "pool_type", "max")
+    if kind not in ("max", "avg"):
+        raise _unsupported(n, f"pool_type={kind!r} (max and avg are supported)")
+    onnx_op = "MaxPool" if kind == "max" else "AveragePool"
+    if _attr_bool(n, "global_pool", False):
+        return b.add("Global" + onnx_op, [n.inputs[0]], n, "out")
+    kernel, stride, pad = _window(n)
+    k = len(kernel)
+    convention = _attr_str(n, "pooling_convention", "valid")
+    if convention not in ("valid", "full"):
+        raise _unsupported(n, f"pooling_convention={convention!r} (valid and full are supported)")
+    attrs = {"kernel_shape": list(kernel), "strides": list(stride), "pads": list(pad) * 2,
+             "ceil_mode": int(convention == "full")}
+    if kind == "avg":
+        attrs["count_include_pad"] = int(_attr_bool(n, "count_include_pad", True))
+    rnd = np.ceil if convention == "full" else np.floor
+    size = tuple(int(rnd((i + 2 * p - kk) / s)) + 1 for i, p, kk, s in zip(n.in_shapes[0][2:], pad, kernel, stride))
+    if size != tuple(n.out_shape[2:]):
+        raise _unsupported(n, f"an output of {tuple(n.out_shape[2:])} where ONNX's {onnx_op} gives {size}")
+    return b.add(onnx_op, [n.inputs[0]], n, "out", **attrs)
 
 
 def _fully_connected(b, n):
@@ -323,7 +456,11 @@ def _reshape(b, n):
                                f"rank-{n.in_ranks[0]} input does not have")
     # ONNX Reshape with allowzero=0 (the default) reads 0 as "copy this dimension", as MXNet does.
     s = b.ints(f"{n.name}/shape", shape)
-    return b.add("Reshape", [n.inputs[0], s], n, "out")
+    y = b.add("Reshape", [n.inputs[0], s], n, "out")
+    fill = b.fills.get(n.inputs[0])
+    if fill is not None:
+        b.fills[y] = fill[:3] + (fill[3] + [s],)
+    return y
 
 
 def _transpose(b, n):
@@ -335,12 +472,32 @@ def _transpose(b, n):
     return b.add("Transpose", [n.inputs[0]], n, "out", perm=[a % n.in_ranks[0] for a in axes])
 
 
-def _swap_last_two(b, n, x, rank, tag):
-    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+def _free_swap_target(shape):
+    """Reshape codes that swap the last two axes of ``shape`` when one of them has size 1 (a swap
+    that moves no element); None otherwise.  0 copies the leading axes (the batch among them) and
+    -1 stands for the other axis, so no size that depends on the batch is written into the graph."""
+    if shape[-1] == 1:
+        return [0] * (len(shape) - 2) + [1, -1]
+    if shape[-2] == 1:
+        return [0] * (len(shape) - 2) + [-1, 1]
+    return None
+
+
+def _swap_last_two(b, n, x, shape, tag):
+    target = _free_swap_target(shape)
+    if target is not None:
+        return b.add("Reshape", [x, b.ints(f"{n.name}/{tag}_shape", target)], n, tag)
+    perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
     return b.add("Transpose", [x], n, tag, perm=perm)
 
 
 def _batch_dot(b, n):
+    """``batch_dot`` as ONNX MatMul, transposes written so that no element needlessly moves.
+
+    ``transpose_a`` with a column ``b`` (last axis 1), the routing's weighted sum: ``a^T b`` is
+    computed as ``(b^T a)^T``, whose two transposes are reshapes, instead of transposing the large
+    ``a``.  Every MatMul written here has inputs of equal rank; :func:`_sink_transposes` relies on it.
+    """
     stype = _attr_str(n, "forward_stype", "None")
     if stype not in ("None", "default"):
         raise _unsupported(n, f"forward_stype={stype!r} (sparse storage)")
@@ -348,11 +505,19 @@ def _batch_dot(b, n):
     if ra < 3 or ra != rb:
         raise _unsupported(n, f"inputs of rank {ra} and {rb} (batch_dot needs two tensors of the same rank >= 3)")
     a, bb = n.inputs[0], n.inputs[1]
-    if _attr_bool(n, "transpose_a"):
-        a = _swap_last_two(b, n, a, ra, "a_t")
-    if _attr_bool(n, "transpose_b"):
-        bb = _swap_last_two(b, n, bb, rb, "b_t")
-    return b.add("MatMul", [a, bb], n, "out")
+    sa, sb = n.in_shapes
+    ta, tb = _attr_bool(n, "transpose_a"), _attr_bool(n, "transpose_b")
+    if ta and not tb and sb[-1] == 1 and _free_swap_target(sa) is None:
+        y = b.add("MatMul", [_swap_last_two(b, n, bb, sb, "b_t"), a], n, "out_t")
+        b.batch_matmuls.add(y)
+        return _swap_last_two(b, n, y, sb[:-2] + (1, sa[-1]), "out")
+    if ta:
+        a = _swap_last_two(b, n, a, sa, "a_t")
+    if tb:
+        bb = _swap_last_two(b, n, bb, sb, "b_t")
+    y = b.add("MatMul", [a, bb], n, "out")
+    b.batch_matmuls.add(y)
+    return y
 
 
 _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin",
@@ -434,18 +599,50 @@ def _one_hot(b, n):
     idx = n.inputs[0]
     if np.dtype(n.in_dtypes[0]) != np.int64:
         idx = b.add("Cast", [idx], n, "index", to=TensorProto.INT64)
-    idx = b.add("Unsqueeze", [idx, b.ints(f"{n.name}/last", [-1])], n, "index_u")
+    idx = _unsqueeze(b, n, idx, (n.in_shapes[0], n.in_shapes2[0]), -1, "index_u")
     eq = b.add("Equal", [idx, b.const(f"{n.name}/range", np.arange(depth, dtype=np.int64), np.int64)],
                n, "hit")
     return b.add("Where", [eq, b.const(f"{n.name}/on", on, dtype), b.const(f"{n.name}/off", off, dtype)],
                  n, "out")
 
 
+def _reshape_codes(src, dst):
+    """ONNX Reshape codes from shape ``src`` to ``dst``, each a pair (at the export's batch, at one
+    more): 0 where ``dst`` copies the same axis of ``src``, the size where it does not follow the
+    batch, -1 for the one size that does; None when two sizes follow the batch.
+
+    A reshape written so needs no ``Shape`` operator; runtimes that fold shapes at load time
+    (OpenCV's DNN module turns every Unsqueeze into a reshape to the first input's sizes) keep
+    the batch dynamic."""
+    codes = []
+    for i, (d1, d2) in enumerate(zip(*dst)):
+        if i < len(src[0]) and (src[0][i], src[1][i]) == (d1, d2):
+            codes.append(0)
+        else:
+            codes.append(d1 if d1 == d2 else -1)
+    return codes if codes.count(-1) <= 1 else None
+
+
+def _unsqueeze(b, n, x, src, axis, tag):
+    """``x`` of shapes ``src`` (a pair) with a new axis of size 1 at ``axis``: a Reshape when it
+    can be written with constant codes, else an Unsqueeze."""
+    rank = len(src[0]) + 1
+    a = axis % rank
+    dst = [s[:a] + (1,) + s[a:] for s in src]
+    codes = _reshape_codes(src, dst)
+    if codes is None:
+        return b.add("Unsqueeze", [x, b.ints(f"{n.name}/axes", [a])], n, tag)
+    return b.add("Reshape", [x, b.ints(f"{n.name}/{tag}_shape", codes)], n, tag)
+
+
 def _expand_dims(b, n):
     axis = _attr_int(n, "axis")
     if axis is None:
         raise GraphFormatError(f"node {_short_name(n.name)} (expand_dims) has no axis")
-    return b.add("Unsqueeze", [n.inputs[0], b.ints(f"{n.name}/axes", [axis])], n, "out")
+    if not -n.out_rank <= axis < n.out_rank:
+        raise GraphFormatError(f"node {_short_name(n.name)} (expand_dims): axis={axis} out of range for an input "
+                               f"of rank {n.in_ranks[0]}")
+    return _unsqueeze(b, n, n.inputs[0], (n.in_shapes[0], n.in_shapes2[0]), axis, "out")
 
 
 def _slice_axis(b, n):
@@ -460,10 +657,14 @@ def _slice_axis(b, n):
 
 
 def _fill_like(value):
+    """``ones_like``/``zeros_like`` as ``Where(x == x, v, v)``: ``v`` in the shape of ``x`` (NaNs
+    included), with no Shape operator.  ``ConstantOfShape(Shape(x))`` computes the same, but
+    runtimes that fold ``Shape`` to the shape of the first input they see (OpenCV's DNN module)
+    then fix the batch size of the whole graph."""
     def conv(b, n):
-        shape = b.add("Shape", [n.inputs[0]], n, "shape")
-        fill = numpy_helper.from_array(np.asarray([value], dtype=n.out_dtype), f"{n.name}/value")
-        return b.add("ConstantOfShape", [shape], n, "out", value=fill)
+        x = n.inputs[0]
+        cond = b.add("Equal", [x, x], n, "any")
+        return _refill(b, n, (cond, None, n.out_dtype, []), np.asarray(value, dtype=n.out_dtype)[()])
     return conv
 
 
@@ -512,6 +713,9 @@ _SCALAR_ATTRS = {"scalar", "is_int"}
 _REDUCE_ATTRS = {"axis", "keepdims", "exclude"}
 _TRANSLATIONS = {
     "Convolution": (_convolution, _CONV_ATTRS),
+    "Deconvolution": (_deconvolution, _CONV_ATTRS | {"adj", "target_shape"}),
+    "Pooling": (_pooling, {"kernel", "pool_type", "global_pool", "stride", "pad", "pooling_convention",
+                           "count_include_pad", "cudnn_off", "layout", "p_value"}),
     "FullyConnected": (_fully_connected, {"num_hidden", "no_bias", "flatten"}),
     "Activation": (_activation, {"act_type"}),
     "relu": (_unary("Relu"), set()),
@@ -648,9 +852,307 @@ def _entry_key(nodes, nid, idx, info):
                            "graph; the symbol JSON is corrupt, export the model again")
 
 
+def _check_operators(nodes):
+    """Every operator must be known before anything else is looked at."""
+    unknown = {}
+    for nd in nodes:
+        if nd["op"] != "null" and nd["op"] not in _TRANSLATIONS:
+            unknown.setdefault(nd["op"], nd["name"])
+    if not unknown:
+        return
+    listed = ", ".join(f"{_short_name(op)} (node {_short_name(name)})" for op, name in list(unknown.items())[:10])
+    if len(unknown) > 10:
+        listed += f" and {len(unknown) - 10} more"
+    raise UnsupportedOperatorError(
+        f"cannot convert MXNet operator{'s' if len(unknown) > 1 else ''} {listed} to ONNX: capszoo's "
+        f"converter does not know {'them' if len(unknown) > 1 else 'it'}; rewrite the block with "
+        "supported operators "
+        f"(capszoo.exporters.SUPPORTED_OPERATORS: {', '.join(sorted(SUPPORTED_OPERATORS))}) "
+        "or export to MXNet only")
+
+
+def _variables(nodes, weights):
+    """The graph's variable names: the input, and parameters (initializers), all with values."""
+    var_names = [nd["name"] for nd in nodes if nd.get("op") == "null"]
+    if INPUT_NAME not in var_names:
+        raise ExportError(f"the graph has no input variable {INPUT_NAME!r} (variables: {', '.join(var_names)}); "
+                          "export the block with capszoo.exporters.export_mxnet")
+    missing = [v for v in var_names if v != INPUT_NAME and v not in weights]
+    if missing:
+        raise ExportError(f"no value for the graph variable(s) {', '.join(missing)} in the parameters; "
+                          f"the graph must have exactly one input ({INPUT_NAME!r}) and every other variable "
+                          "must be a parameter in the .params file")
+    return var_names
+
+
+def _infer_both(sym, nodes, shape, weights, var_names, dynamic_batch):
+    """MXNet's shapes and dtypes at the export's batch size and, when ``dynamic_batch``, at one more
+    (which tells the sizes that follow the batch); the batch must be free when ``dynamic_batch``."""
+    arg_shapes = {v: tuple(weights[v].shape) for v in var_names if v != INPUT_NAME}
+    arg_types = {v: weights[v].dtype for v in var_names if v != INPUT_NAME}
+    try:
+        info = _infer(sym, {INPUT_NAME: shape, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
+    except mx.base.MXNetError as exc:
+        raise ExportError(f"the graph does not accept an input of shape {shape}: "
+                          f"{_first_error_line(exc)}; pass the input_shape the model expects") from None
+    _check_reshapes(nodes, info, shape, "")
+    if not dynamic_batch:
+        return info, info
+    shape2 = (shape[0] + 1,) + shape[1:]
+    remedy = ("export with dynamic_batch=False, or reshape with 0/-1 instead of fixed batch sizes")
+    try:
+        info2 = _infer(sym, {INPUT_NAME: shape2, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
+    except mx.base.MXNetError as exc:
+        raise ExportError(f"the graph only runs with batch size {shape[0]} ({_first_error_line(exc)}); "
+                          + remedy) from None
+    _check_reshapes(nodes, info2, shape2, remedy)
+    return info, info2
+
+
+def _translate(b, nodes, weights, info, info2):
+    """Translate every node: ``(tensors, initializers, shapes)``.
+
+    ``tensors`` maps (node id, output index) to ONNX tensor names; ``shapes`` maps the ONNX tensor of
+    each MXNet output to its shapes at the two inferred batch sizes (equal when the batch is fixed).
+    """
+    tensors, initializers, shapes = {}, [], {}
+    for nid, nd in enumerate(nodes):
+        op, name = nd.get("op"), nd.get("name")
+        key = _entry_key(nodes, nid, 0, info)
+        if op == "null":
+            tensors[(nid, 0)] = name
+            shapes[name] = (info[key][0], info2[key][0])
+            if name != INPUT_NAME:
+                initializers.append(numpy_helper.from_array(np.ascontiguousarray(weights[name]), name))
+            continue
+        convert, known = _TRANSLATIONS[op]
+        attrs = {k: v for k, v in (nd.get("attrs") or nd.get("param") or {}).items() if not k.startswith("__")}
+        ins = [tuple(e[:2]) for e in nd.get("inputs", [])]
+        try:
+            in_keys = [_entry_key(nodes, i, k, info) for i, k in ins]
+            out_shape, out_dtype = info[key]
+            node = _Node(name, op, attrs, [tensors[e] for e in ins], [info[k][0] for k in in_keys],
+                         [info[k][1] for k in in_keys], out_shape, out_dtype,
+                         in_shapes2=[info2[k][0] for k in in_keys], out_shape2=info2[key][0])
+        except KeyError:
+            raise GraphFormatError(f"node {_short_name(name)} ({op}) uses an input that comes later in the graph; "
+                                   "the symbol JSON is corrupt, export the model again") from None
+        extra = sorted(set(attrs) - known)
+        if extra:
+            raise _unsupported(node, "attribute(s) "
+                               + ", ".join(f"{_shorten(k, 60)}={_short_name(attrs[k])}" for k in extra)
+                               + " that the converter does not implement")
+        out = convert(b, node)
+        tensors[(nid, 0)] = out
+        shapes.setdefault(out, (out_shape, info2[key][0]))
+    return tensors, initializers, shapes
+
+
+def _head_tensors(nodes, heads, tensors):
+    head_tensors = []
+    for h in heads:
+        key = (h[0], h[1])
+        if key not in tensors:
+            raise _unsupported(_Node(nodes[h[0]]["name"], nodes[h[0]]["op"], {}, [], [], [], (), None),
+                               f"output {h[1]} of a multi-output operator")
+        head_tensors.append(tensors[key])
+    return head_tensors
+
+
+def _check_output_names(sym, heads, output_names):
+    if output_names is None:
+        output_names = [_plain(n) for n in sym.list_outputs()]
+    output_names = list(output_names)
+    if len(output_names) != len(heads) or len(set(output_names)) != len(output_names) \
+            or not all(isinstance(o, str) and o for o in output_names) or INPUT_NAME in output_names:
+        raise ExportError(f"output_names {output_names!r} must be {len(heads)} distinct non-empty names, "
+                          f"none of them {INPUT_NAME!r}")
+    return output_names
+
+
+def _name_outputs(b, head_tensors, output_names):
+    """Rename the tensors that produce the outputs, or add Identity nodes where a rename cannot do."""
+    produced = {o for nd_ in b.nodes for o in nd_.output if nd_.op_type != "Constant"}
+    rename = {}
+    for t, o in zip(head_tensors, output_names):
+        if t == o:
+            continue
+        if o in b.used:
+            raise ExportError(f"output name {o!r} is already the name of a tensor of the graph; "
+                              "choose another output name")
+        if t in produced and t not in rename and head_tensors.count(t) == 1:
+            rename[t] = o
+    for nd_ in b.nodes:
+        nd_.input[:] = [rename.get(i, i) for i in nd_.input]
+        nd_.output[:] = [rename.get(o, o) for o in nd_.output]
+    for t, o in zip(head_tensors, output_names):
+        if t != o and rename.get(t) != o:
+            b.nodes.append(helper.make_node("Identity", [rename.get(t, t)], [o], name=b.fresh(f"{o}/Identity")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: a transpose that moves the innermost axis of a MatMul's product
+
+
+def _perm(node):
+    return list(next(a.ints for a in node.attribute if a.name == "perm"))
+
+
+def _uses(nodes):
+    uses = {}
+    for nd in nodes:
+        for i in nd.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
+def _split_of(ys, xs):
+    """The sizes the next-to-last axis of ``ys`` is split into by a reshape to ``xs`` that keeps the
+    leading (batch) axes and the last axis; None for any other reshape."""
+    r = len(ys)
+    if len(xs) < r or list(xs[:r - 2]) != list(ys[:r - 2]) or xs[-1] != ys[-1]:
+        return None
+    split = list(xs[r - 2:-1])
+    return split if int(np.prod(split)) == ys[r - 2] else None
+
+
+def _match_sink(t, producers, uses, shapes, batch_matmuls, keep):
+    """``(matmul, reshape or None, split)`` when Transpose ``t`` reads ``MatMul -> [Reshape]`` (each
+    read only there, no graph output) and its permutation moves the product's last axis inwards."""
+    x = t.input[0]
+    r = producers.get(x)
+    m = producers.get(r.input[0]) if r is not None and r.op_type == "Reshape" else r
+    if r is m:
+        r = None
+    if m is None or m.op_type != "MatMul" or m.output[0] not in batch_matmuls:
+        return None
+    y = m.output[0]
+    inner = [x] if r is None else [x, y]
+    if any(uses.get(v, 0) != 1 or v in keep or v not in shapes for v in inner):
+        return None
+    splits = [_split_of(ys, xs) for ys, xs in zip(shapes[y], shapes[x])]
+    if splits[0] is None or splits[0] != splits[1]:
+        return None            # the reshape is not a split of the rows into static sizes
+    perm = _perm(t)
+    if perm[-1] == len(perm) - 1:
+        return None            # the transpose already keeps the innermost axis in place
+    return m, r, splits[0]
+
+
+def _transposed(b, tensor, rank, producers, uses, dead, prefix):
+    """``tensor`` with its last two axes swapped; a Transpose that produced it (read only here) is
+    merged into one Transpose."""
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+    src = producers.get(tensor)
+    if src is not None and src.op_type == "Transpose" and uses.get(tensor) == 1:
+        dead.add(id(src))
+        inner = _perm(src)
+        tensor, swap = src.input[0], [inner[s] for s in swap]
+    out = b.fresh(f"{prefix}/swapped")
+    return out, helper.make_node("Transpose", [tensor], [out], name=b.fresh(f"{prefix}/Transpose"), perm=swap)
+
+
+def _sink_transposes(b, shapes, keep):
+    """Compute ``Transpose(Reshape(MatMul(A, B)))`` as ``Transpose(Reshape(MatMul(B^T, A^T)))`` when
+    that keeps the innermost axis in place.
+
+    ``batch_dot(W, u^T)`` followed by a transpose that brings the batch (the product's last axis)
+    to the front, as in PrimaryPredVects, moves every element on its own: at batch 128 onnxruntime
+    spends longer on that transpose than on the rest of the net but one convolution.  The
+    product's transpose ``(A B)^T = B^T A^T`` has the batch in the rows; the transpose that remains
+    moves whole rows of the innermost axis, and ``A^T`` of a weight is folded into a constant by
+    runtimes at load time.  Values are those of the same sums (exact up to the order of additions).
+    """
+    producers = {o: nd for nd in b.nodes for o in nd.output}
+    uses = _uses(b.nodes)
+    dead, new_nodes = set(), {}
+    for t in [nd for nd in b.nodes if nd.op_type == "Transpose"]:
+        found = _match_sink(t, producers, uses, shapes, b.batch_matmuls, keep)
+        if found is None:
+            continue
+        m, r, split = found
+        rank = len(shapes[m.output[0]][0])
+        q = list(range(rank - 2)) + [rank - 1 + j for j in range(len(split))] + [rank - 2]
+        perm = [q[p] for p in _perm(t)]
+        if perm[-1] != len(perm) - 1:
+            continue
+        prefix = m.name.rsplit("/", 1)[0]
+        bt, nb = _transposed(b, m.input[1], rank, producers, uses, dead, prefix + "/b")
+        at, na = _transposed(b, m.input[0], rank, producers, uses, dead, prefix + "/a")
+        z = b.fresh(f"{prefix}/product_t")
+        added = [nb, na, helper.make_node("MatMul", [bt, at], [z], name=b.fresh(f"{prefix}/MatMul"))]
+        if len(split) > 1:
+            z2 = b.fresh(f"{prefix}/product_t_split")
+            shape = b.ints(f"{prefix}/split", [0] * (rank - 1) + split)
+            added.append(b.nodes.pop())   # the shape constant, placed with the nodes that use it
+            added.append(helper.make_node("Reshape", [z, shape], [z2], name=b.fresh(f"{prefix}/Reshape")))
+            z = z2
+        added.append(helper.make_node("Transpose", [z], list(t.output), name=t.name, perm=perm))
+        dead.update({id(m), id(t)} | ({id(r)} if r is not None else set()))
+        new_nodes[id(t)] = added
+    if new_nodes:
+        b.nodes[:] = [n for nd in b.nodes for n in new_nodes.get(id(nd), [] if id(nd) in dead else [nd])]
+
+
+def _drop_dead_nodes(b, keep):
+    """Remove the nodes whose outputs nothing reads (ONNX operators have no side effects)."""
+    while True:
+        uses = _uses(b.nodes)
+        dead = {id(nd) for nd in b.nodes if not any(uses.get(o) or o in keep for o in nd.output)}
+        if not dead:
+            return
+        b.nodes[:] = [nd for nd in b.nodes if id(nd) not in dead]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model: inputs, outputs, documentation
+
+
+#: Dimension denotations of an image input (ONNX's TypeDenotation.md): N, C, H, W.
+_IMAGE_DIMS = ("DATA_BATCH", "DATA_CHANNEL", "DATA_FEATURE", "DATA_FEATURE")
+
+
+def _value_infos(shapes, head_tensors, output_names, out_dtypes, shape, dynamic_batch, input_doc, output_docs,
+                 input_denotation):
+    batch = "N" if dynamic_batch else shape[0]
+    inp = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch] + list(shape[1:]),
+                                        doc_string=input_doc or "")
+    if input_denotation:
+        inp.type.denotation = input_denotation
+        if input_denotation == "IMAGE" and len(shape) == 4:
+            for d, den in zip(inp.type.tensor_type.shape.dim, _IMAGE_DIMS):
+                d.denotation = den
+    outputs = []
+    for t, o, dtype in zip(head_tensors, output_names, out_dtypes):
+        s1, s2 = shapes[t]
+        dims = [d1 if d1 == d2 else ("N" if (d1, d2) == (shape[0], shape[0] + 1) else None)
+                for d1, d2 in zip(s1, s2)]
+        outputs.append(helper.make_tensor_value_info(o, _onnx_type(dtype), dims,
+                                                     doc_string=(output_docs or {}).get(o, "")))
+    return [inp], outputs
+
+
+def _model_props(opset, batch, shape, output_names, dynamic_batch, model_name, metadata):
+    props = {
+        "producer": "capszoo",
+        "producer_version": _capszoo_version(),
+        "source": f"mxnet {mx.__version__}",
+        "opset": str(opset),
+        "input": json.dumps({"name": INPUT_NAME, "dtype": "float32", "shape": [batch] + list(shape[1:])}),
+        "outputs": json.dumps(output_names),
+        "dynamic_batch": "true" if dynamic_batch else "false",
+    }
+    if model_name:
+        props["model_name"] = str(model_name)
+    for k, v in (metadata or {}).items():
+        if v is not None:
+            props[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    return props
+
+
 def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_OPSET,
                         dynamic_batch=True, output_names=None, model_name=None, doc_string=None,
-                        metadata=None):
+                        metadata=None, input_doc=None, output_docs=None, input_denotation=None):
     """Convert an MXNet symbol and its parameters to an in-memory, checked ``onnx.ModelProto``.
 
     Parameters
@@ -670,9 +1172,19 @@ def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opse
         ONNX output names; default the MXNet output names without their
         ``_output`` suffix (``probabilities`` for ``probabilities_output``).
     model_name, doc_string : str, optional
-        Recorded in the graph name, ``doc_string`` and ``metadata_props``.
-    metadata : dict of str, optional
-        Extra ``metadata_props``.
+        Recorded in the graph name, the model's and the graph's ``doc_string`` and ``metadata_props``.
+    metadata : dict, optional
+        Extra ``metadata_props`` (values that are not strings are stored as JSON).
+    input_doc : str, optional
+        The ``doc_string`` of the input.
+    output_docs : dict of str, optional
+        ``{output name: doc_string}``: what each output means.
+    input_denotation : str, optional
+        ONNX type denotation of the input, e.g. ``"IMAGE"`` (then its four axes are denoted
+        ``DATA_BATCH``, ``DATA_CHANNEL``, ``DATA_FEATURE``, ``DATA_FEATURE``).
+
+    The graph has no ``Shape`` operator: every reshape target is a constant of fixed sizes and
+    the codes 0 and -1, so runtimes that fold shapes at load time keep the batch dynamic.
 
     Raises
     ------
@@ -690,155 +1202,35 @@ def mxnet_to_onnx_model(symbol, params, *, input_shape=DEFAULT_INPUT_SHAPE, opse
     shape = _check_input_shape(input_shape)
     graph, sym = _read_symbol(symbol)   # structure checked: nodes, heads, indices
     nodes, heads = graph["nodes"], graph["heads"]
-    # --- every operator must be known before anything else is looked at
-    unknown = {}
-    for nd in nodes:
-        if nd["op"] != "null" and nd["op"] not in _TRANSLATIONS:
-            unknown.setdefault(nd["op"], nd["name"])
-    if unknown:
-        listed = ", ".join(f"{_short_name(op)} (node {_short_name(name)})" for op, name in list(unknown.items())[:10])
-        if len(unknown) > 10:
-            listed += f" and {len(unknown) - 10} more"
-        raise UnsupportedOperatorError(
-            f"cannot convert MXNet operator{'s' if len(unknown) > 1 else ''} {listed} to ONNX: capszoo's "
-            f"converter does not know {'them' if len(unknown) > 1 else 'it'}; rewrite the block with "
-            "supported operators "
-            f"(capszoo.exporters.SUPPORTED_OPERATORS: {', '.join(sorted(SUPPORTED_OPERATORS))}) "
-            "or export to MXNet only")
+    _check_operators(nodes)
     weights = _read_params(params)
-
-    # --- variables: the input, and parameters (initializers)
-    var_names = [nd["name"] for nd in nodes if nd.get("op") == "null"]
-    if INPUT_NAME not in var_names:
-        raise ExportError(f"the graph has no input variable {INPUT_NAME!r} (variables: {', '.join(var_names)}); "
-                          "export the block with capszoo.exporters.export_mxnet")
-    missing = [v for v in var_names if v != INPUT_NAME and v not in weights]
-    if missing:
-        raise ExportError(f"no value for the graph variable(s) {', '.join(missing)} in the parameters; "
-                          f"the graph must have exactly one input ({INPUT_NAME!r}) and every other variable "
-                          "must be a parameter in the .params file")
-
-    # --- ranks and dtypes by MXNet's inference; the batch must be free when dynamic_batch
-    arg_shapes = {v: tuple(weights[v].shape) for v in var_names if v != INPUT_NAME}
-    arg_types = {v: weights[v].dtype for v in var_names if v != INPUT_NAME}
-    try:
-        info = _infer(sym, {INPUT_NAME: shape, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
-    except mx.base.MXNetError as exc:
-        raise ExportError(f"the graph does not accept an input of shape {shape}: "
-                          f"{_first_error_line(exc)}; pass the input_shape the model expects") from None
-    _check_reshapes(nodes, info, shape, "")
-    head_shapes = [info[_entry_key(nodes, h[0], h[1], info)][0] for h in heads]
-    head_shapes2 = None
-    if dynamic_batch:
-        shape2 = (shape[0] + 1,) + shape[1:]
-        remedy = ("export with dynamic_batch=False, or reshape with 0/-1 instead of fixed batch sizes")
-        try:
-            info2 = _infer(sym, {INPUT_NAME: shape2, **arg_shapes}, {INPUT_NAME: np.float32, **arg_types})
-        except mx.base.MXNetError as exc:
-            raise ExportError(f"the graph only runs with batch size {shape[0]} ({_first_error_line(exc)}); "
-                              + remedy) from None
-        _check_reshapes(nodes, info2, shape2, remedy)
-        head_shapes2 = [info2[_entry_key(nodes, h[0], h[1], info2)][0] for h in heads]
+    var_names = _variables(nodes, weights)
+    info, info2 = _infer_both(sym, nodes, shape, weights, var_names, dynamic_batch)
 
     b = _Builder(opset)
     b.used.update(var_names)
-    tensors = {}      # (node id, output index) -> ONNX tensor name
-    initializers = []
-    for nid, nd in enumerate(nodes):
-        op, name = nd.get("op"), nd.get("name")
-        if op == "null":
-            tensors[(nid, 0)] = name
-            if name != INPUT_NAME:
-                initializers.append(numpy_helper.from_array(np.ascontiguousarray(weights[name]), name))
-            continue
-        convert, known = _TRANSLATIONS[op]
-        attrs = {k: v for k, v in (nd.get("attrs") or nd.get("param") or {}).items() if not k.startswith("__")}
-        ins = [tuple(e[:2]) for e in nd.get("inputs", [])]
-        try:
-            in_info = [info[_entry_key(nodes, i, k, info)] for i, k in ins]
-            out_shape, out_dtype = info[_entry_key(nodes, nid, 0, info)]
-            node = _Node(name, op, attrs, [tensors[e] for e in ins], [len(s) for s, _ in in_info],
-                         [t for _, t in in_info], len(out_shape), out_dtype)
-        except KeyError:
-            raise GraphFormatError(f"node {_short_name(name)} ({op}) uses an input that comes later in the graph; "
-                                   "the symbol JSON is corrupt, export the model again") from None
-        extra = sorted(set(attrs) - known)
-        if extra:
-            raise _unsupported(node, "attribute(s) "
-                               + ", ".join(f"{_shorten(k, 60)}={_short_name(attrs[k])}" for k in extra)
-                               + " that the converter does not implement")
-        tensors[(nid, 0)] = convert(b, node)
+    tensors, initializers, shapes = _translate(b, nodes, weights, info, info2)
+    output_names = _check_output_names(sym, heads, output_names)
+    head_tensors = _head_tensors(nodes, heads, tensors)
+    _sink_transposes(b, shapes, keep=set(head_tensors))
+    _drop_dead_nodes(b, keep=set(head_tensors))
+    _name_outputs(b, head_tensors, output_names)
 
-    # --- outputs: rename the producing tensors, or add Identity nodes
-    if output_names is None:
-        output_names = [_plain(n) for n in sym.list_outputs()]
-    output_names = list(output_names)
-    if len(output_names) != len(heads) or len(set(output_names)) != len(output_names) \
-            or not all(isinstance(o, str) and o for o in output_names) or INPUT_NAME in output_names:
-        raise ExportError(f"output_names {output_names!r} must be {len(heads)} distinct non-empty names, "
-                          f"none of them {INPUT_NAME!r}")
-    head_tensors = []
-    for h in heads:
-        key = (h[0], h[1])
-        if key not in tensors:
-            raise _unsupported(_Node(nodes[h[0]]["name"], nodes[h[0]]["op"], {}, [], [], [], 0, None),
-                               f"output {h[1]} of a multi-output operator")
-        head_tensors.append(tensors[key])
-    produced = {o for nd_ in b.nodes for o in nd_.output if nd_.op_type != "Constant"}
-    rename = {}
-    for t, o in zip(head_tensors, output_names):
-        if t == o:
-            continue
-        if o in b.used:
-            raise ExportError(f"output name {o!r} is already the name of a tensor of the graph; "
-                              "choose another output name")
-        if t in produced and t not in rename and head_tensors.count(t) == 1:
-            rename[t] = o
-    for nd_ in b.nodes:
-        nd_.input[:] = [rename.get(i, i) for i in nd_.input]
-        nd_.output[:] = [rename.get(o, o) for o in nd_.output]
-    for t, o in zip(head_tensors, output_names):
-        if t != o and rename.get(t) != o:
-            b.nodes.append(helper.make_node("Identity", [rename.get(t, t)], [o], name=b.fresh(f"{o}/Identity")))
-
-    # --- value infos
+    out_dtypes = [info[_entry_key(nodes, h[0], h[1], info)][1] for h in heads]
+    inputs, outputs = _value_infos(shapes, head_tensors, output_names, out_dtypes, shape, dynamic_batch,
+                                   input_doc, output_docs, input_denotation)
     batch = "N" if dynamic_batch else shape[0]
-    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch] + list(shape[1:]))]
-    outputs = []
-    for i, (h, o) in enumerate(zip(heads, output_names)):
-        s1 = head_shapes[i]
-        dims = list(s1)
-        if dynamic_batch:
-            s2 = tuple(head_shapes2[i])
-            dims = [d1 if d1 == d2 else ("N" if (d1, d2) == (shape[0], shape[0] + 1) else None)
-                    for d1, d2 in zip(s1, s2)]
-        dtype = info[_entry_key(nodes, h[0], h[1], info)][1]
-        outputs.append(helper.make_tensor_value_info(o, _onnx_type(dtype), dims))
-
-    version = _capszoo_version()
     name = model_name or "capszoo-model"
     doc = doc_string or (
-        f"{name}: converted from MXNet {mx.__version__} by capszoo {version} (ONNX opset {opset}). "
+        f"{name}: converted from MXNet {mx.__version__} by capszoo {_capszoo_version()} (ONNX opset {opset}). "
         f"Input {INPUT_NAME!r}: float32 {[batch] + list(shape[1:])}. Outputs: {', '.join(output_names)}.")
     onnx_graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=initializers, doc_string=doc)
     opset_ids = [helper.make_opsetid("", opset)]
     model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="capszoo",
-                              producer_version=version, doc_string=doc,
+                              producer_version=_capszoo_version(), doc_string=doc,
                               ir_version=helper.find_min_ir_version_for(opset_ids))
-    props = {
-        "producer": "capszoo",
-        "producer_version": version,
-        "source": f"mxnet {mx.__version__}",
-        "opset": str(opset),
-        "input": json.dumps({"name": INPUT_NAME, "dtype": "float32", "shape": [batch] + list(shape[1:])}),
-        "outputs": json.dumps(output_names),
-        "dynamic_batch": "true" if dynamic_batch else "false",
-    }
-    if model_name:
-        props["model_name"] = str(model_name)
-    for k, v in (metadata or {}).items():
-        props[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    helper.set_model_props(model, props)
+    helper.set_model_props(model, _model_props(opset, batch, shape, output_names, dynamic_batch, model_name,
+                                               metadata))
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -894,7 +1286,8 @@ def convert_mxnet_to_onnx(symbol, params, path, **kwargs):
 
 
 def export_onnx(block, path, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_OPSET, dynamic_batch=True,
-                output_names=None, model_name=None, doc_string=None, metadata=None):
+                output_names=None, model_name=None, doc_string=None, metadata=None, input_doc=None,
+                output_docs=None, input_denotation=None):
     """Export a Gluon HybridBlock to the ONNX file ``path``; returns ``path``.
 
     The block is traced as for :func:`~capszoo.exporters.export_mxnet` (hybridized,
@@ -915,6 +1308,8 @@ def export_onnx(block, path, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_O
         Symbolic batch dimension ``N`` (default) or fixed ``input_shape[0]``.
     model_name : str, optional
         Stored as the graph name and in ``metadata_props["model_name"]``.
+    doc_string, metadata, input_doc, output_docs, input_denotation
+        Documentation stored in the file; see :func:`mxnet_to_onnx_model`.
 
     Raises
     ------
@@ -927,7 +1322,8 @@ def export_onnx(block, path, *, input_shape=DEFAULT_INPUT_SHAPE, opset=DEFAULT_O
     sym, params, names = block_to_symbol(block, input_shape=input_shape, output_names=output_names)
     model = mxnet_to_onnx_model(sym, params, input_shape=input_shape, opset=opset, dynamic_batch=dynamic_batch,
                                 output_names=names, model_name=model_name, doc_string=doc_string,
-                                metadata=metadata)
+                                metadata=metadata, input_doc=input_doc, output_docs=output_docs,
+                                input_denotation=input_denotation)
     return _write_model(model, path)
 
 

@@ -4,12 +4,15 @@
     python scripts/make_figures.py                                      # the published weights
     python scripts/make_figures.py --weights runs/capsnet-mnist/best.params
 
-Writes, deterministically (same weights, data and seed -> same bytes):
+Needs matplotlib (pip install -c constraints.txt -e ".[viz]").  Writes, deterministically (same
+weights, data, seed and matplotlib -> same bytes):
 
     reconstructions.png  the first test digit of each class beside its reconstruction
     tweaks.png           the 16 x 11 pose-tweak grid of the first test digit
     features.png         PCA of the 16-D capsules of --samples test digits (seeded choice)
     summary.png          the summary graphic (sub-nets, shapes, parameter counts)
+    routing.png          routing by agreement for the first test digit: coupling coefficients of the
+                         1152 primary capsules to the predicted class per iteration, and the votes
     training.png         error rates and training loss per epoch, from --metrics (default: the
                          published weights' logs, recipes/<recipe>.metrics.jsonl, with the
                          run they fine-tune before them; see readme_weights.full_history)
@@ -42,7 +45,7 @@ def main(argv=None):
     import numpy as np
 
     import capszoo
-    from capszoo import _visualize as vis
+    from capszoo import viz as vis
     from capszoo.data import load_mnist
     from capszoo.errors import CapszooError, InvalidInputError
 
@@ -54,8 +57,8 @@ def main(argv=None):
         # the training curve needs no model or data: drawn first, from the per-epoch log
         from readme_weights import full_history   # beside this script (sys.path[0] when it runs)
         metrics = args.metrics or full_history(capszoo.get_card("capsnet-mnist"))
-        img = vis.training_curve(metrics, out / "training.png", title="capsnet-mnist: training curve")
-        print(f"wrote {out / 'training.png'}  ({img.width} x {img.height})")
+        fig = vis.training_curve(metrics, out / "training.png", title="capsnet-mnist: training curve")
+        print(f"wrote {out / 'training.png'}  ({' x '.join(map(str, vis.pixel_size(fig)))})")
         images, labels = load_mnist("test", data_dir=args.data_dir)
         if args.samples > len(images):
             raise InvalidInputError(
@@ -70,11 +73,12 @@ def main(argv=None):
             "features.png": lambda: vis.feature_space_plot(
                 model, *_sample(images, labels, args.samples, args.seed), seed=args.seed, note=args.note),
             "summary.png": lambda: vis.summary_graphic(model.info()),
+            "routing.png": lambda: vis.routing_figure(model, images[0]),
         }
         for name, draw in pictures.items():
-            img = draw()
-            vis.save_image(img, out / name)
-            print(f"wrote {out / name}  ({img.width} x {img.height})")
+            fig = draw()
+            vis.save_image(fig, out / name)
+            print(f"wrote {out / name}  ({' x '.join(map(str, vis.pixel_size(fig)))})")
     except CapszooError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

@@ -10,9 +10,9 @@ tests/test_ort.py fails until the shipped graph equals a fresh build.
 import os
 import sys
 
-from capszoo._io import atomic_write_bytes
+from capszoo.utils import atomic_write_bytes
 from capszoo._ort import build_runtime_graph
-from capszoo._registry import model_cards
+from capszoo import model_cards
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "capszoo", "pretrained")
 

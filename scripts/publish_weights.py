@@ -1,37 +1,46 @@
-"""Publish a training run's best weights as the package's bundled capsnet-mnist weights.
+"""Publish a training run's best weights as a zoo entry's pretrained weights.
 
     python scripts/publish_weights.py RUN_DIR --data-dir ../shared/data/mnist
 
-1. validates RUN_DIR/best.params against the architecture, and the run: a run of a shipped
-   recipe, and for a fine-tuning of the published weights, better than them on validation;
+The entry is the model the run's recipe names (``model = "..."``).
+
+1. validates RUN_DIR/best.params against the entry's architecture, and the run: a run of a
+   shipped recipe, and for a fine-tuning of the published weights, better than them on
+   validation;
 2. measures the test accuracy once, on the 10,000 MNIST test images;
-3. copies the file to capszoo/pretrained/capsnet-mnist-<sha256[:8]>.params (and removes
-   an older bundled file);
-4. writes capszoo/pretrained/capsnet-mnist.json, the manifest the model card is built
+3. copies the file to ``<name>-<sha256[:8]>.params`` in ``capszoo/pretrained`` for the entry
+   whose weights ship inside the package (``capsnet-mnist``), else in ``weights/`` at the top
+   of the repository (found there from a source checkout, and on the Hugging Face Hub by
+   everyone else: ``capszoo push``); an older file of the same entry is removed;
+4. writes ``capszoo/pretrained/<name>.json``, the manifest the model card is built
    from (file name, size, sha256, Hub location, metrics, training summary); a run that
    fine-tunes the published weights (``capszoo train RECIPE --init-weights <them>``, a
    second stage such as ``capsnet-mnist-finetune``) records them and their training
    summary as its ``init``;
 5. copies the run's per-epoch log to recipes/<the run's recipe>.metrics.jsonl;
-6. redraws the README pictures in docs/figures with scripts/make_figures.py (the
-   training curve from that log, the rest from the newly bundled weights);
-7. rewrites the README's table of the shipped weights with scripts/readme_weights.py.
+6. for the bundled entry: redraws the README pictures in docs/figures with
+   scripts/make_figures.py and rewrites the README's table of the shipped weights with
+   scripts/readme_weights.py.
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import capszoo
-from capszoo._io import atomic_write_json, atomic_write_text
-from capszoo._weights import load_params_into, sha256_file
+from capszoo.utils import atomic_write_json, atomic_write_text
+from capszoo import load_params_into, sha256_file
 from capszoo.data import load_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED = os.path.join(REPO, "capszoo", "pretrained")
-HF_REPO_ID = "capszoo/capsnet-mnist"
+#: Weights of the entries that do not ship inside the package (a source checkout finds them here).
+CHECKOUT_WEIGHTS = os.path.join(REPO, "weights")
+#: The entry whose weights ship inside the package.
+BUNDLED = "capsnet-mnist"
 
 
 def _weights_summary(ema, init=None, finetuned=None):
@@ -70,6 +79,67 @@ def _finetuned_from(init, card):
             "val_accuracy": card.metrics["val_accuracy"]}
 
 
+def _load_run(run_dir):
+    """(checkpoint.json, run.json) of a training run folder."""
+    with open(os.path.join(run_dir, "checkpoint.json"), encoding="utf-8") as fh:
+        ck = json.load(fh)
+    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as fh:
+        run = json.load(fh)
+    return ck, run
+
+
+def _check_recipe(run):
+    """The run's recipe, which must be a shipped one (epochs, batch size and seed aside)."""
+    recipe = run["recipe"]["name"]
+    shipped = capszoo.load_recipe(recipe).to_dict()   # a RecipeError when capszoo does not ship it
+    changed = sorted(k for k in shipped if k != "train" and shipped[k] != run["recipe"][k])
+    if changed:
+        raise SystemExit(f"the run's recipe differs from the shipped {recipe} in: {', '.join(changed)}; "
+                         "publish only runs of a shipped recipe (--epochs, --batch-size, --seed aside)")
+    return recipe
+
+
+def _install(src, card, sha):
+    """Copy ``src`` to its published place (atomically) and remove the entry's older file; the path."""
+    folder = PRETRAINED if card.name == BUNDLED else CHECKOUT_WEIGHTS
+    os.makedirs(folder, exist_ok=True)
+    fname = f"{card.name}-{sha[:8]}.params"
+    mine = re.compile(re.escape(card.name) + r"-[0-9a-f]{8}\.params")
+    for f in os.listdir(folder):
+        if mine.fullmatch(f) and f != fname:
+            os.unlink(os.path.join(folder, f))
+    dst = os.path.join(folder, fname)
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    return dst
+
+
+def _manifest(card, dst, sha, result, ck, run, finetuned, hf_revision):
+    history = ck["history"]
+    return {
+        "filename": os.path.basename(dst),
+        "sha256": sha,
+        "size_bytes": os.path.getsize(dst),
+        "hf_repo_id": f"capszoo/{card.name}",
+        "hf_revision": hf_revision or f"v0.1-{sha[:8]}",
+        "bundled": card.name == BUNDLED,
+        "metrics": {"test_accuracy": result.accuracy, "test_errors": result.errors,
+                    "val_accuracy": ck["best"]["val_accuracy"]},
+        "training": {
+            "recipe": run["recipe"]["name"],
+            "seed": run["recipe"]["train"]["seed"],
+            "best_epoch": ck["best"]["epoch"],
+            "epochs_run": len(history),
+            "wall_time_hours": round(sum(m["epoch_seconds"] for m in history) / 3600, 2),
+            "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
+            "ctx": run.get("ctx"),
+            "selection": "best validation accuracy (5,000 held-out training images); test set used once",
+            "weights": _weights_summary(ck.get("ema"), run.get("init"), finetuned),
+            **({"init": finetuned} if finetuned else {}),
+        },
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
@@ -78,21 +148,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     src = os.path.join(args.run_dir, "best.params")
-    net = capszoo.CapsNet()
+    ck, run = _load_run(args.run_dir)
+    recipe = _check_recipe(run)
+    card = capszoo.get_card(run["recipe"]["model"])
+    net = card.build()
     load_params_into(net, src)  # validates names, shapes, dtypes, finiteness
-    with open(os.path.join(args.run_dir, "checkpoint.json"), encoding="utf-8") as fh:
-        ck = json.load(fh)
-    history = ck["history"]
-    best_epoch = ck["best"]["epoch"]
-    with open(os.path.join(args.run_dir, "run.json"), encoding="utf-8") as fh:
-        run = json.load(fh)
-    recipe = run["recipe"]["name"]
-    shipped = capszoo.load_recipe(recipe).to_dict()   # a RecipeError when capszoo does not ship it
-    changed = sorted(k for k in shipped if k != "train" and shipped[k] != run["recipe"][k])
-    if changed:
-        raise SystemExit(f"the run's recipe differs from the shipped {recipe} in: {', '.join(changed)}; "
-                         "publish only runs of a shipped recipe (--epochs, --batch-size, --seed aside)")
-    finetuned = _finetuned_from(run.get("init"), capszoo.get_card("capsnet-mnist"))
+    finetuned = _finetuned_from(run.get("init"), card)
     if finetuned and not ck["best"]["val_accuracy"] > finetuned["val_accuracy"]:
         # the rule that publishes weights: better on validation than those they replace
         raise SystemExit(f"the run's best validation accuracy, {ck['best']['val_accuracy']}, does not beat that of "
@@ -103,41 +164,15 @@ def main(argv=None):
     images, labels = load_mnist("test", data_dir=args.data_dir)
     result = capszoo.evaluate(net, images, labels)
     sha = sha256_file(src)
-    fname = f"capsnet-mnist-{sha[:8]}.params"
-
-    for f in os.listdir(PRETRAINED):
-        if f.startswith("capsnet-mnist-") and f.endswith(".params") and f != fname:
-            os.unlink(os.path.join(PRETRAINED, f))
-    dst = os.path.join(PRETRAINED, fname)
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
-    manifest = {
-        "filename": fname,
-        "sha256": sha,
-        "size_bytes": os.path.getsize(dst),
-        "hf_repo_id": HF_REPO_ID,
-        "hf_revision": args.hf_revision or f"v0.1-{sha[:8]}",
-        "bundled": True,
-        "metrics": {"test_accuracy": result.accuracy, "test_errors": result.errors,
-                    "val_accuracy": ck["best"]["val_accuracy"]},
-        "training": {
-            "recipe": recipe,
-            "seed": run["recipe"]["train"]["seed"],
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
-            "wall_time_hours": round(sum(m["epoch_seconds"] for m in history) / 3600, 2),
-            "train_images_per_second": round(sum(m["images_per_second"] for m in history) / len(history), 1),
-            "ctx": run.get("ctx"),
-            "selection": "best validation accuracy (5,000 held-out training images); test set used once",
-            "weights": _weights_summary(ck.get("ema"), run.get("init"), finetuned),
-            **({"init": finetuned} if finetuned else {}),
-        },
-    }
-    atomic_write_json(os.path.join(PRETRAINED, "capsnet-mnist.json"), manifest)
+    dst = _install(src, card, sha)
+    manifest = _manifest(card, dst, sha, result, ck, run, finetuned, args.hf_revision)
+    atomic_write_json(os.path.join(PRETRAINED, f"{card.name}.json"), manifest)
     atomic_write_text(os.path.join(REPO, "recipes", f"{recipe}.metrics.jsonl"),
-                      "".join(json.dumps(m) + "\n" for m in history))
+                      "".join(json.dumps(m) + "\n" for m in ck["history"]))
     print(json.dumps(manifest, indent=2))
     print(result.format())
+    if card.name != BUNDLED:
+        return 0
     # the README pictures (training curve included, drawn the one way make_figures draws them) and
     # the README's weights table; in new processes, which read the manifest just written (this
     # one's card still names the old file)

@@ -133,7 +133,7 @@ def main(argv=None):
     if args.check:
         print("README.md: the weights table is stale; run python scripts/readme_weights.py", file=sys.stderr)
         return 1
-    from capszoo._io import atomic_write_text
+    from capszoo.utils import atomic_write_text
 
     atomic_write_text(README, text[:start] + table + text[stop:])
     print("README.md: weights table rewritten")

@@ -3,10 +3,21 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+#: The training command whose uninterrupted run the resume tests compare with, bit for bit
+#: (tests/test_training.py, tests/test_harden_training.py): 3 epochs of 2 steps of 16 images.
+REFERENCE_ARGS = ["train", "capsnet-mnist", "--limit", "600", "--epochs", "3", "--batch-size", "16",
+                  "--max-steps", "2", "--seed", "7", "--validation-size", "100"]
+#: OpenMP threads of those runs.  Runs compared bit for bit need the same number: the kernels' summation
+#: order depends on it (2 threads for epochs 1-2 and 1 for epoch 3 end 3e-8 away from 2 throughout).
+#: With the same number, 1 or 2, a resumed run is bit-identical.
+REFERENCE_THREADS = "2"
 
 
 def _mnist_dir():
@@ -48,17 +59,56 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("PORT", raising=False)
 
 
+def train_env():
+    """The environment of a ``capszoo train`` child of the resume tests (this checkout's capszoo first)."""
+    return dict(os.environ, OMP_NUM_THREADS=REFERENCE_THREADS,
+                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(scope="session")
+def reference_run(mnist_dir, tmp_path_factory):
+    """The run directory of an uninterrupted ``capszoo train`` of :data:`REFERENCE_ARGS` (made once)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = subprocess.run([sys.executable, "-m", "capszoo.cli", *REFERENCE_ARGS, "--data-dir", str(mnist_dir),
+                           "--out", str(out)], env=train_env(), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
 def make_weights(path, seed=0):
     """Save a seeded, initialized CapsNet's parameters (capsule lengths not degenerate)."""
-    from capszoo._net import CapsNet
-    from capszoo._recipe import load_recipe
-    from capszoo._train import initialize_net
-    from capszoo._weights import save_params
+    from capszoo.models.capsnet.net import CapsNet
+    from capszoo import load_recipe
+    from capszoo import initialize_net
+    from capszoo import save_params
 
     net = CapsNet()
     initialize_net(net, load_recipe("capsnet-mnist"), [__import__("mxnet").cpu()], seed)
     save_params(net, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def seeded_entry_weights(tmp_path_factory):
+    """``weights(name)``: a .params file of zoo entry ``name``'s net, seeded and initialized as its
+    recipe says (made once per entry)."""
+    folder = tmp_path_factory.mktemp("entry-weights")
+    made = {}
+
+    def weights(name):
+        if name not in made:
+            import mxnet as mx
+            import capszoo
+            from capszoo import initialize_net
+            from capszoo import save_params
+
+            card = capszoo.get_card(name)
+            net = initialize_net(card.build(), capszoo.load_recipe(card.recipe), [mx.cpu()], 0)
+            made[name] = str(folder / f"{name}.params")
+            save_params(net, made[name])
+        return made[name]
+    return weights
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,7 @@ def test_subnets_and_slices(seeded_model, mnist_test):
     with pytest.raises(SubnetNotFoundError, match="no sub-net 'Conv9'"):
         m["Conv9"]
     fx = m.feature_extractor()
-    x = m.encode(list(images[:4]))
+    x = mx.nd.array(m.encode(list(images[:4])))
     feats = fx(x).asnumpy()
     assert feats.shape == (4, 16)
     np.testing.assert_allclose(feats, m(list(images[:4]), prop="Capsule"), atol=1e-6)

@@ -29,6 +29,12 @@ TEST_FILES = [f for f in MNIST_FILES if f.split == "test"]
 ALL_NAMES = sorted(f.name + ".gz" for f in MNIST_FILES)
 TEST_NAMES = sorted(f.name + ".gz" for f in TEST_FILES)
 
+#: How long a stalling test server waits before it answers (it is released when the test ends): far
+#: beyond the client's 0.5 s timeout, so a timeout that does not work shows as a hang.
+STALL_SECONDS = 300
+#: A hang guard of a download that must fail fast (the client's timeout is 0.5 s; speed is not tested).
+FAIL_FAST_GUARD_SECONDS = 60
+
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -249,7 +255,7 @@ class _Server:
     def handle(self, h):
         name = h.path.rsplit("/", 1)[-1]
         if self.mode == "stall":
-            self.release.wait(10)
+            self.release.wait(STALL_SECONDS)
             return
         data = self.body(name) if h.path.startswith("/mnist/") else None
         if self.mode == "404" or data is None:
@@ -267,7 +273,7 @@ class _Server:
         if self.mode == "stallbody":
             h.wfile.write(data[:100])
             h.wfile.flush()
-            self.release.wait(10)
+            self.release.wait(STALL_SECONDS)
             return
         h.wfile.write(data)
 
@@ -364,7 +370,7 @@ def test_single_bad_mirror(serve, tmp_path, mode, fragment):
     t0 = time.monotonic()
     with pytest.raises(DownloadError) as info:
         download_mnist(mirrors=[bad.url], dest=tmp_path, split="test", timeout=0.5)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < FAIL_FAST_GUARD_SECONDS
     msg = str(info.value)
     assert fragment in msg
     assert bad.url + "t10k-images-idx3-ubyte.gz" in msg

@@ -2,15 +2,16 @@
 
 The real CapsNet is exported once (a freshly initialized net: only shapes
 matter) and drawn as SVG and PNG; the SVG is checked structurally (one
-``<g class="op">`` per operator box, labels, outputs), the layout
-geometrically (no overlaps, inputs above their consumers, wrapped into
-columns), and bad files and paths give one ``Error: ...`` line and no file.
+group ``op-<node>`` per operator box, labels, outputs, parameter dots), the
+layout geometrically (no overlaps, inputs above their consumers, wrapped into
+columns, one arrow per input), and bad files and paths give one
+``Error: ...`` line and no file.
 """
-import collections
 import json
 import os
 import re
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -55,10 +56,6 @@ def drawn(export, tmp_path_factory):
 
 def _svg(path):
     return ET.parse(str(path)).getroot()
-
-
-def _groups(root, cls):
-    return [g for g in root.iter(SVG + "g") if g.get("class") == cls]
 
 
 def _texts(root):
@@ -109,53 +106,61 @@ def test_text_bytes_and_dict_give_the_same_graph(export):
         _graph.load_symbol_graph(42)
 
 
-def test_params_headers_match_mxnet(export):
+def test_params_are_counted_with_the_weights_reader(export, tmp_path):
     import mxnet as mx
 
-    assert _graph.params_file_beside(export["symbol"]) == export["params"]
-    shapes = _graph.read_params_shapes(export["params"])
-    loaded = mx.nd.load(export["params"])
-    assert shapes == {k.split(":", 1)[1]: tuple(v.shape) for k, v in loaded.items()}
     g = _graph.load_symbol_graph(export["symbol"])
+    assert _graph.params_file_beside(export["symbol"]) == export["params"]
+    shapes, path, err = _graph._read_params(g, "auto")
+    loaded = mx.nd.load(export["params"])
+    assert path == export["params"] and err is None
+    assert shapes == {k.split(":", 1)[1]: tuple(v.shape) for k, v in loaded.items()}
     declared = {n.name: tuple(int(d) for d in re.findall(r"\d+", n.attrs["__shape__"]))
                 for n in g.variables if "__shape__" in n.attrs}
     assert declared == shapes and len(shapes) == 11
-
-
-def test_params_reader_rejects_other_files(tmp_path, export):
-    p = tmp_path / "x.params"
-    p.write_bytes(b"not a params file at all")
-    with pytest.raises(GraphFormatError, match="not an MXNet .params file"):
-        _graph.read_params_shapes(p)
-    cut = tmp_path / "cut.params"
-    cut.write_bytes(open(export["params"], "rb").read()[:5000])
-    with pytest.raises(GraphFormatError, match="ends early"):
-        _graph.read_params_shapes(cut)
+    assert _graph._read_params(g, None) is None
+    cut = open(export["params"], "rb").read()[:5000]
+    for content, reason in ((b"not params", "10 bytes is too short"),
+                            (cut, "array 0 declares shape (256, 1, 9, 9), larger than the file")):
+        bad = tmp_path / "x.params"
+        bad.write_bytes(content)
+        assert _graph._read_params(g, bad) == (None, str(bad), reason)
 
 
 # -- the CapsNet drawing ---------------------------------------------------------------------------
+def _ids(root, kind):
+    return [g.get("id") for g in root.iter(SVG + "g") if (g.get("id") or "").startswith(kind + "-")]
+
+
 def test_svg_has_one_box_per_operator_and_labelled_outputs(drawn, export):
     root = _svg(drawn["svg"])
-    ops = _groups(root, "op")
-    assert len(ops) == 82  # 85 operators less the 3 _copy nodes naming the outputs, drawn as output markers
+    g = _graph.load_symbol_graph(export["symbol"])
+    lay = _graph.graph_layout(g)
     copies = {i for i, _, _ in export["doc"]["heads"]}
-    expected = collections.Counter(n["op"] for i, n in enumerate(export["doc"]["nodes"])
-                                   if n["op"] != "null" and i not in copies)
-    assert collections.Counter(g.get("data-op") for g in ops) == expected
-    assert {"Convolution", "batch_dot", "softmax"} <= set(expected)
-    assert [g.get("data-name") for g in _groups(root, "output")] == OUTPUTS
-    assert [g.get("data-name") for g in _groups(root, "input")] == ["data"]
+    drawn_ops = [i for i, n in enumerate(export["doc"]["nodes"]) if n["op"] != "null" and i not in copies]
+    assert len(drawn_ops) == 82  # 85 operators less the 3 _copy nodes naming the outputs, drawn as output markers
+    assert sorted(_ids(root, "op")) == sorted(f"op-{i}" for i in drawn_ops)
+    data = [i for i, n in enumerate(export["doc"]["nodes"]) if n["name"] == "data"]
+    assert _ids(root, "output") == ["output-0", "output-1", "output-2"] and _ids(root, "input") == [f"input-{data[0]}"]
+    assert [b.label for b in lay.boxes if b.kind == "output"] == OUTPUTS
+    assert {b.key: b.family for b in lay.boxes if b.kind == "op"} == \
+        {i: _graph.op_family(export["doc"]["nodes"][i]["op"]) for i in drawn_ops}
     texts = _texts(root)
     for label in ("Convolution 9x9, 256", "Convolution 9x9/2, 256", "FullyConnected 512", "FullyConnected 1024",
                   "Reshape (0,-1,8)", "softmax axis -1", "batch_dot (A^T B)", "Activation sigmoid",
-                  *OUTPUTS, "data"):
+                  *OUTPUTS, "data", "ReLUConv1_fwd"):
         assert label in texts, label
-    # parameters are dots on their boxes, not boxes: 11 arrays
-    assert sum(1 for c in root.iter(SVG + "circle") if c.get("class") == "param") == 11
-    assert all(int(t.get("font-size")) >= 12 for t in root.iter(SVG + "text"))
-    head = " ".join(texts[:3])
-    total = sum(int(np.prod(s)) for s in _graph.read_params_shapes(export["params"]).values())
-    assert "capsnet-symbol.json" in head and "82 operator nodes" in head and f"{total:,} parameters" in head
+    # parameters are dots on their boxes, not boxes: 11 arrays on 6 operators
+    dots = {g.get("id"): len(list(g.iter(SVG + "use"))) for g in root.iter(SVG + "g")
+            if (g.get("id") or "").startswith("params-")}
+    assert sum(dots.values()) == 11 and len(dots) == 6
+    assert sum(b.params for b in lay.boxes) == 11
+    assert lay.title == "Node graph of capsnet-symbol.json" and lay.title in texts
+    assert all(line in texts for line in lay.header)
+    head = " ".join(lay.header)
+    total = sum(int(np.prod(s)) for s in _graph._read_params(g, "auto")[0].values())
+    assert "82 operator nodes" in head and f"{total:,} parameters in 11 arrays (capsnet-0000.params)" in head
+    assert "Read the 4 columns left to right" in head
     assert sorted(os.listdir(drawn["dir"])) == ["graph.png", "graph.svg"]  # no temporary files left
 
 
@@ -178,10 +183,9 @@ def test_layout_is_layered_wrapped_and_free_of_overlaps(export):
     g = _graph.load_symbol_graph(export["symbol"])
     lay = _graph.graph_layout(g)
     w, h = lay.size
-    assert lay.num_ops == 82 and lay.columns > 1 and lay.num_layers > 40
+    assert lay.num_ops == 82 and lay.columns > 1 and lay.num_layers == 75
     boxes = {b.key: b for b in lay.boxes}
-    box_h = _graph._box_h()
-    rects = [(b.x - b.w / 2, b.y, b.x + b.w / 2, b.y + box_h) for b in lay.boxes]
+    rects = [(b.x - b.w / 2, b.y, b.x + b.w / 2, b.y + lay.box_height) for b in lay.boxes]
     for x0, y0, x1, y1 in rects:
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
     for i in range(len(rects)):
@@ -189,6 +193,7 @@ def test_layout_is_layered_wrapped_and_free_of_overlaps(export):
             a, b = rects[i], rects[j]
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (lay.boxes[i], lay.boxes[j])
     params = {n.index for n in g.variables if n.name != "data"}
+    arrows_into = {}
     for n in g.op_nodes:
         if n.index not in boxes:
             continue
@@ -197,12 +202,26 @@ def test_layout_is_layered_wrapped_and_free_of_overlaps(export):
                 continue
             s, d = boxes[src], boxes[n.index]
             assert s.layer < d.layer
-            assert s.col < d.col or (s.col == d.col and s.y < d.y)
-    assert all(it[4] >= 12 for it in lay.items if it[0] == "text")
+            assert s.col < d.col or (s.col == d.col and s.y < d.y)   # read top to bottom, columns left to right
+            arrows_into[n.index] = arrows_into.get(n.index, 0) + 1
+    # every edge ends with an arrow on the top edge of its target, one per input
+    ends = {}
+    for verts, codes, arrow in lay.edges:
+        assert codes[0] == 1 and len(verts) == len(codes)
+        if arrow:
+            x, y = verts[-1]
+            (target,) = [b for b in lay.boxes if b.y == y and abs(b.x - x) < b.w / 2]
+            ends[target.key] = ends.get(target.key, 0) + 1
+    assert {k: v for k, v in ends.items() if not isinstance(k, tuple)} == arrows_into
+    assert sorted(k[1] for k in ends if isinstance(k, tuple)) == [0, 1, 2]    # each output marker
 
 
-def test_drawing_is_deterministic(export):
-    assert _graph.graph_svg(export["symbol"]) == _graph.graph_svg(export["symbol"])
+def test_drawing_is_deterministic(export, tmp_path):
+    for ext in ("svg", "png"):
+        a, b = tmp_path / f"a.{ext}", tmp_path / f"b.{ext}"
+        _graph.save_graph(export["symbol"], a)
+        _graph.save_graph(export["symbol"], b)
+        assert a.read_bytes() == b.read_bytes()
 
 
 def test_symbol_without_params_file_still_draws(export, tmp_path):
@@ -214,7 +233,18 @@ def test_symbol_without_params_file_still_draws(export, tmp_path):
     assert any("11 parameter arrays" in t for t in texts)
     (tmp_path / "alone-0000.params").write_bytes(b"garbage")
     _graph.save_graph(sym, tmp_path / "g2.svg")
-    assert any("could not be read" in t for t in _texts(_svg(tmp_path / "g2.svg")))
+    assert any("alone-0000.params could not be read: 7 bytes is too short" in t
+               for t in _texts(_svg(tmp_path / "g2.svg")))
+
+
+def test_without_matplotlib_graph_says_how_to_install_it(monkeypatch, tmp_path):
+    src = _valid(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = CliRunner().invoke(main, ["graph", str(src), "-o", str(tmp_path / "g.svg")])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        "Error: drawing pictures needs matplotlib, which is not installed; install it with "
+        "pip install 'capszoo[viz]'"], r.output
+    assert sorted(os.listdir(tmp_path)) == ["ok-symbol.json"]
 
 
 # -- small graphs ----------------------------------------------------------------------------------
@@ -228,10 +258,11 @@ def test_unknown_operator_still_draws(tmp_path):
     assert "MyFancyOp" in r.output and "not known" in r.output
     assert _graph.load_symbol_graph(src).unknown_ops == ["MyFancyOp"]
     root = _svg(tmp_path / "g.svg")
-    fancy = [g for g in _groups(root, "op") if g.get("data-op") == "MyFancyOp"]
-    assert len(fancy) == 1 and fancy[0].find(SVG + "rect").get("stroke-dasharray")
+    (fancy,) = [g for g in root.iter(SVG + "g") if g.get("id") == "op-3"]
+    assert "stroke-dasharray" in fancy.find(SVG + "path").get("style")      # drawn dashed
     texts = _texts(root)
-    assert texts[0] == "Mine" and any("MyFancyOp" in t for t in texts[1:])
+    assert "Mine" in texts and "Node graph of m-symbol.json" not in texts and "MyFancyOp" in texts
+    assert any("not known to capszoo" in t and "MyFancyOp" in t for t in texts)
     r = CliRunner().invoke(main, ["graph", str(src), "-o", str(tmp_path / "g.png")])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "g.png").size[0] >= 600
@@ -250,7 +281,9 @@ def test_outputs_of_several_kinds_and_one_column(tmp_path):
     lay = _graph.graph_layout(g)
     assert lay.columns == 1 and lay.num_ops == 4
     assert sorted(b.label for b in lay.boxes if b.kind == "output") == sorted(g.output_names)
-    assert len(_groups(ET.fromstring(_graph.graph_svg(g, layout=lay)), "op")) == 4
+    fig = _graph.graph_figure(g, layout=lay)
+    assert sorted(p.get_gid() for p in fig.axes[0].patches if p.get_gid()) == \
+        ["input-0", "op-1", "op-2", "op-3", "op-4", "output-0", "output-1", "output-2", "output-3"]
     zeros = next(b for b in lay.boxes if b.key == 2)
     add = next(b for b in lay.boxes if b.key == 4)
     assert zeros.layer == add.layer - 1  # an operator without inputs sits just above its consumer
@@ -260,12 +293,13 @@ def test_names_are_escaped(tmp_path):
     doc = _small_graph()
     doc["nodes"][3]["name"] = 'a<b>&"c\'\x01\ud800'
     doc["nodes"][3]["op"] = "Weird<&>"
+    doc["nodes"][2]["name"] = "price $5 and $6\nline"   # no math text, no line break
     g = _graph.load_symbol_graph(json.dumps(doc))
-    root = ET.fromstring(_graph.graph_svg(g, title="<T & co>"))
-    assert _texts(root)[0] == "<T & co>"
-    (op,) = [o for o in _groups(root, "op") if o.get("data-op") == "Weird<&>"]
-    assert op.get("data-name") == "a<b>&\"c'??"
-    _graph.graph_image(g)  # Pillow draws the same strings
+    _graph.save_graph(g, tmp_path / "w.svg", title="<T & co>")
+    texts = _texts(_svg(tmp_path / "w.svg"))
+    assert "<T & co>" in texts and "Weird<&>" in texts and "a<b>&\"c'??" in texts
+    assert "price $5 and $6 line" in texts
+    _graph.save_graph(g, tmp_path / "w.png")
 
 
 @pytest.mark.parametrize("op,attrs,label", [

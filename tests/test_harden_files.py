@@ -46,6 +46,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import test_harden_weights as hw  # noqa: E402  (the .params encoder)
+from harden_summary import harden  # noqa: E402
+
+#: The import paths of graphs and export .params files, by their short names in the tests' ids.
+GRAPH_SURFACES = {"convert": "convert_mxnet_to_onnx", "verify_mxnet": "verify_mxnet"}
 
 
 def _sha(path):
@@ -83,22 +87,22 @@ def _block(big, prefix):
 
 
 def w_bytes(folder, big):
-    from capszoo._io import atomic_write_bytes
+    from capszoo.utils import atomic_write_bytes
     atomic_write_bytes(os.path.join(folder, "blob.bin"), b"N" * 200_000 if big else b"old contents\n")
 
 
 def w_text(folder, big):
-    from capszoo._io import atomic_write_text
+    from capszoo.utils import atomic_write_text
     atomic_write_text(os.path.join(folder, "notes.txt"), "é" * 100_000 if big else "old notes\n")
 
 
 def w_json(folder, big):
-    from capszoo._io import atomic_write_json
+    from capszoo.utils import atomic_write_json
     atomic_write_json(os.path.join(folder, "doc.json"), {"v": "y" * 200_000} if big else {"v": "old"})
 
 
 def w_save_params(folder, big):
-    from capszoo._weights import save_params
+    from capszoo import save_params
     net, _ = _block(big, "p_")
     save_params(net, os.path.join(folder, "w.params"))
 
@@ -207,9 +211,9 @@ def _error_name(exc):
 UNDER_FILE = [w for w in WRITERS if w.name not in ("export_mxnet", "export_onnx")]
 
 
+@harden("files written", lambda p: p["writer"].name, inputs=["a folder under a regular file"])
 @pytest.mark.parametrize("writer", UNDER_FILE, ids=[w.name for w in UNDER_FILE])
 def test_folder_under_a_regular_file(writer, tmp_path, record_property):
-    record_property("harden", ("files: folder under a regular file", 1))
     blocker = tmp_path / "a_file"
     blocker.write_bytes(b"keep me")
     folder = blocker / "sub"
@@ -246,6 +250,12 @@ FSIZE_CASES = [
 ]
 #: The files a checkpoint writes, in order (metrics.jsonl comes after checkpoint.json).
 CHECKPOINT_ORDER = ("epoch-0002.params", "epoch-0002.optimizer.params", "checkpoint.json")
+
+
+def _fsize_input(i):
+    """The fault of FSIZE_CASES[i]: a full disk, and for a checkpoint the file it stops."""
+    name, _, stops = FSIZE_CASES[i]
+    return f"a full disk stopping {stops.split()[0]}" if name.startswith("_write_checkpoint") else "a full disk"
 
 
 def _fsize_child(folder, name, limit):
@@ -312,11 +322,13 @@ def fsize_reports(tmp_path_factory):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
+@harden("files written", lambda p: FSIZE_CASES[p["i"]][0].split(":")[0],
+        inputs=lambda p: [_fsize_input(p["i"])])
 @pytest.mark.parametrize("i", range(len(FSIZE_CASES)),
                          ids=[f"{n}-{lim >> 10}k" for n, lim, _ in FSIZE_CASES])
 def test_full_disk_keeps_the_earlier_file(fsize_reports, i, record_property):
     name, limit, stops = FSIZE_CASES[i]
-    record_property("harden", ("files: full disk (RLIMIT_FSIZE)", 1))
     rep = fsize_reports[f"{name}@{i}"]
     writer = WRITERS_BY_NAME[name.split(":")[0]]
     assert rep["error"] is not None, f"writing past the limit ({stops}) did not fail"
@@ -348,8 +360,8 @@ def test_full_disk_keeps_the_earlier_file(fsize_reports, i, record_property):
         assert rep["new_files"] == [], rep["new_files"]
 
 
+@pytest.mark.slow
 def test_full_disk_message_of_export_mxnet(fsize_reports, record_property):
-    record_property("harden", ("files: message names the problem", 1))
     i = next(i for i, (n, _, _) in enumerate(FSIZE_CASES) if n == "export_mxnet")
     message = fsize_reports[f"export_mxnet@{i}"]["error"]["message"]
     assert "Traceback (most recent call last)" not in message, message
@@ -360,9 +372,9 @@ def test_full_disk_message_of_export_mxnet(fsize_reports, record_property):
 # 3. A symlink already at the target: replaced, never written through
 
 
+@harden("files written", lambda p: p["writer"].name, inputs=["a symlink at the target"])
 @pytest.mark.parametrize("writer", WRITERS, ids=[w.name for w in WRITERS])
 def test_symlink_at_target_is_replaced_not_followed(writer, tmp_path, record_property):
-    record_property("harden", ("files: symlink at the target", 1))
     folder = tmp_path / "out"
     folder.mkdir()
     victims = tmp_path / "elsewhere"
@@ -379,10 +391,10 @@ def test_symlink_at_target_is_replaced_not_followed(writer, tmp_path, record_pro
     assert temp_files(tmp_path) == []
 
 
+@harden("files written", "atomic_write_bytes", inputs=lambda p: [f"a {p['kind']} symlink at the target"])
 @pytest.mark.parametrize("kind", ["dangling", "loop", "to-folder-outside"])
 def test_odd_symlinks_at_target(kind, tmp_path, record_property):
-    record_property("harden", ("files: symlink at the target", 1))
-    from capszoo._io import atomic_write_bytes
+    from capszoo.utils import atomic_write_bytes
     target = tmp_path / "blob.bin"
     if kind == "dangling":
         os.symlink(tmp_path / "nowhere" / "x", target)
@@ -398,9 +410,9 @@ def test_odd_symlinks_at_target(kind, tmp_path, record_property):
         assert os.listdir(tmp_path / "d") == []
 
 
+@harden("files written", "atomic_write_bytes", inputs=["a folder at the target"])
 def test_target_is_a_folder(tmp_path, record_property):
-    record_property("harden", ("files: target is a folder", 1))
-    from capszoo._io import atomic_write_bytes
+    from capszoo.utils import atomic_write_bytes
     (tmp_path / "blob.bin").mkdir()
     (tmp_path / "blob.bin" / "inside").write_bytes(b"x")
     with pytest.raises(IsADirectoryError):
@@ -409,22 +421,23 @@ def test_target_is_a_folder(tmp_path, record_property):
     assert temp_files(tmp_path) == []
 
 
+@harden("files written", "atomic_write_bytes",
+        inputs=lambda p: [f"a target name of {len(os.fsencode(p['name']))} bytes"])
 @pytest.mark.parametrize("name", ["a" * 250 + ".bin", "é" * 120 + ".bin", "x" * 255])
 def test_longest_legal_target_names(name, tmp_path, record_property):
     """A target whose name is legal (up to 255 bytes) must be writable: the temporary name beside
     it used to be "." + name + ".XXXXXXXX.tmp", longer than the file system allows."""
-    record_property("harden", ("files: longest legal target name", 1))
-    from capszoo._io import atomic_write_bytes
+    from capszoo.utils import atomic_write_bytes
     assert len(os.fsencode(name)) <= 255
     atomic_write_bytes(tmp_path / name, b"data")
     assert (tmp_path / name).read_bytes() == b"data"
     assert temp_files(tmp_path) == []
 
 
+@harden("files written", ["save_params", "export_onnx"], inputs=["a target name of 255 bytes"])
 def test_long_names_through_save_params_and_export_onnx(tmp_path, record_property):
-    record_property("harden", ("files: longest legal target name", 2))
     from capszoo import exporters
-    from capszoo._weights import read_params, save_params
+    from capszoo import read_params, save_params
     net, shape = _block(False, "l_")
     p = tmp_path / ("w" * 248 + ".params")
     save_params(net, p)
@@ -452,6 +465,8 @@ while True:
 """
 
 
+@pytest.mark.slow
+@harden("files written", "atomic_write_bytes", inputs=["kill -9 mid-write"])
 def test_kill_9_during_atomic_writes(tmp_path, record_property):
     """A child rewrites a 4 MB file in a loop (three versions); it is killed at 20 seeded random
     moments.  After every kill the file is one of the versions, whole."""
@@ -476,7 +491,6 @@ def test_kill_9_during_atomic_writes(tmp_path, record_property):
         whole += 1
         for t in left:            # a dead writer's temporary file: nobody else removes it
             os.unlink(t)
-    record_property("harden", ("files: kill -9 mid-write (atomic_write_bytes)", kills, whole))
     record_property("kill9_mid_write", mid_write)
     assert mid_write >= 1, "no kill landed during a write; the test did not test anything"
 
@@ -498,6 +512,8 @@ while True:
 """
 
 
+@pytest.mark.slow
+@harden("files written", "_write_checkpoint", inputs=["kill -9 mid-write"])
 def test_kill_9_during_checkpoint_writes(tmp_path, record_property):
     """A child writes checkpoints (1 MB params, 2 MB optimizer file) of epoch 1, 2, 3...; killed at 5
     seeded random moments.  checkpoint.json always parses (format 2) and names whole files, readable
@@ -526,7 +542,6 @@ def test_kill_9_during_checkpoint_writes(tmp_path, record_property):
         good += 1
         for t in temp_files(folder):
             os.unlink(t)
-    record_property("harden", ("files: kill -9 mid-checkpoint", kills, good))
     record_property("checkpoint_epochs_at_kill", epochs)
 
 
@@ -697,9 +712,9 @@ def _check_capszoo_error(exc, error, pattern):
     assert re.search(pattern, str(exc)), f"{str(exc)[:400]!r} does not match {pattern!r}"
 
 
+@harden("graphs", lambda p: GRAPH_SURFACES[p["surface"]], inputs=lambda p: [f"symbol JSON: {p['case'].id}"])
 @pytest.mark.parametrize("case,surface", SYMBOL_RUNS, ids=[f"{c.id}-{s}" for c, s in SYMBOL_RUNS])
 def test_bad_symbol_json(case, surface, mx_export, tmp_path, record_property):
-    record_property("harden", (f"graphs: symbol JSON -> {surface}", 1))
     sym = tmp_path / "bad-symbol.json"
     sym.write_text(case.make(mx_export["graph"]), encoding="utf-8")
     error, pattern = case.surfaces[surface]
@@ -711,8 +726,8 @@ def test_bad_symbol_json(case, surface, mx_export, tmp_path, record_property):
     assert not (tmp_path / "out.onnx").exists() and temp_files(tmp_path) == []
 
 
+@harden("graphs", "convert_mxnet_to_onnx", inputs=["symbol JSON: no values for its variables"])
 def test_no_parameters_for_the_graph(mx_export, tmp_path, record_property):
-    record_property("harden", ("graphs: symbol JSON -> convert", 1))
     from capszoo import exporters
     from capszoo.errors import ExportError
     with pytest.raises(ExportError, match=r"no value for the graph variable\(s\) m_dense0_weight"):
@@ -726,9 +741,9 @@ def test_no_parameters_for_the_graph(mx_export, tmp_path, record_property):
 _DEEP = "[" * 100_000 + "]" * 100_000
 
 
+@harden("graphs", lambda p: GRAPH_SURFACES[p["surface"]], inputs=["symbol JSON: nested 100,000 deep"])
 @pytest.mark.parametrize("surface", ["convert", "verify_mxnet"])
 def test_deeply_nested_json(surface, mx_export, tmp_path, record_property):
-    record_property("harden", (f"graphs: symbol JSON -> {surface}", 1))
     sym = tmp_path / "deep-symbol.json"
     sym.write_text('{"nodes": ' + _DEEP + "}")
     with pytest.raises(Exception) as info:
@@ -750,10 +765,11 @@ except Exception as exc:
 """
 
 
+@pytest.mark.slow
+@harden("graphs", "verify_mxnet", inputs=lambda p: [f"symbol JSON: {p['mutation']}"])
 @pytest.mark.parametrize("mutation", ["input-output-index-out-of-range", "head-output-index-out-of-range"])
 def test_out_of_range_output_index_does_not_crash_verify_mxnet(mutation, mx_export, tmp_path, record_property):
     """MXNet itself reads past its arrays for such an index (SIGSEGV): run in a child, in case."""
-    record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
     case = next(c for c in SYMBOL_CASES if c.id == mutation)
     sym = tmp_path / "bad-symbol.json"
     sym.write_text(case.make(mx_export["graph"]))
@@ -765,8 +781,8 @@ def test_out_of_range_output_index_does_not_crash_verify_mxnet(mutation, mx_expo
     assert "is not an MXNet symbol JSON" in out["message"] and "which has 1 output" in out["message"], out
 
 
+@harden("graphs", "verify_mxnet", inputs=["symbol JSON: broadcast_to 2^41 elements at run time"])
 def test_graph_failing_at_run_time(mx_export, tmp_path, record_property):
-    record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
     mutate = _g(lambda g: (
         g["nodes"].insert(8, {"op": "broadcast_to", "name": "bt", "attrs": {"shape": "(1099511627776, 2)"},
                               "inputs": [[7, 0, 0]]}),
@@ -798,12 +814,11 @@ def test_symbol_errors_name_the_problem(mx_export, tmp_path, record_property):
             else:
                 vague.append(f"{cid}/{surface}: no error")
     n = 2 * len(MESSAGE_GAPS)
-    record_property("harden", ("graphs: message names the problem", n, n - len(vague)))
     assert vague == [], "messages that do not name the problem:\n" + "\n".join(vague)
 
 
+@harden("graphs", "convert_mxnet_to_onnx", inputs=["symbol JSON: an attribute of 10^7 characters"])
 def test_huge_attribute_message_is_bounded(mx_export, tmp_path, record_property):
-    record_property("harden", ("graphs: symbol JSON -> convert", 1))
     from capszoo import exporters
     from capszoo.errors import GraphFormatError
     sym = tmp_path / "huge-attr-symbol.json"
@@ -813,8 +828,8 @@ def test_huge_attribute_message_is_bounded(mx_export, tmp_path, record_property)
     assert len(str(info.value)) < 2000, f"message of {len(str(info.value)):,} characters"
 
 
+@harden("graphs", "convert_mxnet_to_onnx", inputs=["symbol JSON: a node name of 10^7 characters"])
 def test_huge_node_name_message_is_bounded(mx_export, tmp_path, record_property):
-    record_property("harden", ("graphs: symbol JSON -> convert", 1))
     from capszoo import exporters
     from capszoo.errors import GraphFormatError
     sym = tmp_path / "huge-name-symbol.json"
@@ -830,10 +845,10 @@ def _split_graph():
     return json.loads(mx.sym.Group([mx.sym.identity(parts[k], name=f"o{k}") for k in range(3)]).tojson())
 
 
+@harden("graphs", "verify_mxnet", inputs=["symbol JSON: output 3 of a 3-output operator"])
 def test_output_indices_of_a_multi_output_operator(tmp_path, record_property):
     """Output k of an operator is checked against its own number of outputs (MXNet asked for the node
     alone): outputs 1 and 2 of a 3-way split are fine, output 3 is not."""
-    record_property("harden", ("graphs: symbol JSON -> verify_mxnet", 1))
     import mxnet as mx
     from mxnet.gluon import nn
     from capszoo import exporters
@@ -924,26 +939,28 @@ def _params_child(folder, symbol, ids):
 PARAMS_RUNS = [(c, s) for c in PARAMS_CASES for s in ("convert", "verify_mxnet")]
 
 
+@pytest.mark.slow
+@harden("weights files", lambda p: GRAPH_SURFACES[p["surface"]], inputs=lambda p: [p["cid"]])
 @pytest.mark.parametrize("cid,surface", PARAMS_RUNS, ids=[f"{c}-{s}" for c, s in PARAMS_RUNS])
 def test_bad_export_params(params_reports, cid, surface, record_property):
-    record_property("harden", (f"graphs: .params -> {surface}", 1))
     rep = params_reports[f"{cid}/{surface}"]
     assert rep["error"] == "GraphFormatError", rep
     assert "is not an MXNet .params file" in rep["message"] or "unnamed array list" in rep["message"], rep
 
 
+@pytest.mark.slow
 def test_export_params_errors_name_the_problem(params_reports, record_property):
     vague = {k: v["message"] for k, v in params_reports.items()
              if not k.startswith(JUNK) and v["error"] and ("Traceback (most recent call last)" in v["message"] or "bad_alloc" in v["message"]
                                 or "_M_default_append" in v["message"] or "::resize" in v["message"])}
     n = len(PARAMS_CASES) * 2
-    record_property("harden", ("graphs: message names the problem", n, n - len(vague)))
     assert vague == {}, json.dumps(vague, indent=1)
 
 
+@pytest.mark.slow
+@harden("weights files", lambda p: GRAPH_SURFACES[p["surface"]], inputs=[JUNK])
 @pytest.mark.parametrize("surface", ["convert", "verify_mxnet"])
 def test_export_params_with_trailing_junk(params_reports, surface, record_property):
-    record_property("harden", (f"graphs: .params -> {surface}", 1))
     rep = params_reports[f"{JUNK}/{surface}"]
     assert rep["error"] == "GraphFormatError", rep
 
@@ -1041,9 +1058,9 @@ ONNX_CASES = {
 }
 
 
+@harden("graphs", "verify_onnx", inputs=lambda p: [f"ONNX: {p['case']}"])
 @pytest.mark.parametrize("case", list(ONNX_CASES))
 def test_bad_onnx_file(case, tmp_path, record_property):
-    record_property("harden", ("graphs: ONNX -> verify_onnx", 1))
     import mxnet as mx
     from mxnet.gluon import nn
     from capszoo import exporters

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from capszoo import _hub
-from capszoo._hub import resolve_weights
-from capszoo._registry import ModelCard, WeightsSource
+from capszoo import resolve_weights
+from capszoo import ModelCard, WeightsSource
 from capszoo.errors import (CacheError, CapszooError, InvalidInputError, WeightsIntegrityError,
                             WeightsNotAvailableError)
 

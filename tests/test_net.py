@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import capszoo
-from capszoo._net import CapsNet, DigitCaps, SUBNET_NAMES, squash
+from capszoo.models.capsnet.net import CapsNet, DigitCaps, SUBNET_NAMES, squash
 from capszoo._info import graph_nodes
 
 
 @pytest.fixture(scope="module")
 def net():
-    from capszoo._recipe import load_recipe
-    from capszoo._train import initialize_net
+    from capszoo import load_recipe
+    from capszoo import initialize_net
     return initialize_net(CapsNet(), load_recipe("capsnet-mnist"), [mx.cpu()], 0)
 
 
@@ -111,8 +111,8 @@ def test_hybridized_graph_is_pure_mxnet_and_card_layer_count(net):
 
 
 def test_hybridized_equals_imperative():
-    from capszoo._recipe import load_recipe
-    from capszoo._train import initialize_net
+    from capszoo import load_recipe
+    from capszoo import initialize_net
     n = initialize_net(CapsNet(), load_recipe("capsnet-mnist"), [mx.cpu()], 1)
     x = mx.nd.random.uniform(shape=(5, 1, 28, 28))
     a = [o.asnumpy() for o in n(x)]
@@ -129,8 +129,11 @@ def test_card_figures():
     assert card.classes == tuple(range(10))
     assert card.input_shape == (1, 28, 28)
     assert round(card.file_size_mb) == 33
-    assert capszoo.list_models() == ["capsnet-mnist"]
-    assert capszoo.list_models("caps*") == ["capsnet-mnist"]
+    capsnets = ["capsnet-mnist", "capsnet-mnist-deconv", "capsnet-mnist-masked", "capsnet-mnist-noreco",
+                 "capsnet-mnist-r1-masked", "capsnet-mnist-r1-noreco"]
+    assert capszoo.list_models() == capsnets + ["lenet-mnist"]
+    assert capszoo.list_models("caps*") == capsnets
+    assert capszoo.list_models("LeNet Trained*") == ["lenet-mnist"]   # aliases match too
     assert capszoo.list_models("resnet*") == []
     d = card.to_dict()
     assert d["num_params"] == 8_141_840 and "builder" not in d

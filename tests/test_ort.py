@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import capszoo
 from capszoo import _ort
-from capszoo._registry import get_card
+from capszoo import get_card
 from capszoo.cli import main
 from capszoo.errors import InvalidInputError, WeightsFormatError
 
@@ -23,7 +23,7 @@ CARD = get_card("capsnet-mnist")
 
 @pytest.fixture(scope="module")
 def published():
-    from capszoo._hub import resolve_weights
+    from capszoo import resolve_weights
     return resolve_weights(CARD)
 
 
@@ -41,7 +41,7 @@ def test_shipped_graph_is_a_fresh_build_of_the_net():
     model = onnx.load_from_string(shipped)
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer
              if t.data_location == onnx.TensorProto.EXTERNAL}
-    from capszoo._net import CapsNet
+    from capszoo.models.capsnet.net import CapsNet
     from capszoo._weights import param_shapes
     assert inits == param_shapes(CapsNet())  # every parameter, by its .params name, without data
     assert all(not t.raw_data for t in model.graph.initializer if t.name in inits)
@@ -53,9 +53,9 @@ def test_outputs_equal_mxnet_on_real_digits(ort_net, mnist_test):
     images, labels = mnist_test
     from capszoo._preprocess import to_batch
     x = to_batch(list(images[:200]))
-    model = capszoo.load("capsnet-mnist")
-    probs, caps, recos = model._run(__import__("mxnet").nd.array(x), 128, need_reco=True)
-    p2, c2, r2 = ort_net(x, batch_size=64)
+    probs, caps, recos = capszoo.load("capsnet-mnist", backend="mxnet").run(x, need_reco=True)
+    out = ort_net(x, batch_size=64)
+    p2, c2, r2 = out["probabilities"], out["capsule"], out["reconstruction"]
     assert p2.shape == (200, 10) and c2.shape == (200, 16) and r2.shape == (200, 1, 28, 28)
     assert float(np.abs(p2 - probs).max()) < 1e-5
     assert float(np.abs(c2 - caps).max()) < 1e-5
@@ -64,8 +64,8 @@ def test_outputs_equal_mxnet_on_real_digits(ort_net, mnist_test):
     assert float(np.abs(r2 - recos).max()) < 5e-5
     assert (p2.argmax(1) == probs.argmax(1)).all()
     assert (p2.argmax(1) == labels[:200]).mean() >= 0.98
-    p3, c3, r3 = ort_net(x[:5], need_reco=False)
-    assert r3 is None and np.allclose(p3, p2[:5], atol=1e-6)
+    some = ort_net(x[:5], outputs=["probabilities", "capsule"])
+    assert sorted(some) == ["capsule", "probabilities"] and np.allclose(some["probabilities"], p2[:5], atol=1e-6)
 
 
 def test_bad_batches_are_clean_errors(ort_net):
@@ -77,7 +77,7 @@ def test_bad_batches_are_clean_errors(ort_net):
 
 def test_weights_that_do_not_fit_the_graph(tmp_path):
     import mxnet as mx
-    from capszoo._net import CapsNet
+    from capszoo.models.capsnet.net import CapsNet
 
     net = CapsNet()
     params = net._collect_params_with_prefix()
@@ -132,15 +132,25 @@ def test_classify_backends_agree(digit_files, mnist_test):
 
 
 @pytest.mark.parametrize("extra, named", [
-    (["--dtype", "int8"], "--dtype int8 (it runs float32)"),
-    (["--ctx", "cpu:0,cpu:1"], "--ctx cpu:0,cpu:1 (it runs on the CPU)"),
-    (["--weights", "__W__"], "--weights (only the published, sha256-verified weights run there)"),
+    (["--dtype", "int8"], "dtype 'int8' (it runs float32)"),
+    (["--ctx", "cpu:0,cpu:1"], "ctx 'cpu:0,cpu:1' (it runs on one CPU)"),
 ])
-def test_backend_onnxruntime_refuses_what_it_cannot_do(digit_files, seeded_weights, extra, named):
-    extra = [seeded_weights if e == "__W__" else e for e in extra]
+def test_backend_onnxruntime_refuses_what_it_cannot_do(digit_files, extra, named):
     r = CliRunner().invoke(main, ["classify", "capsnet-mnist", digit_files[0], "--backend", "onnxruntime", *extra])
-    assert r.exit_code == 2, r.output
-    assert named in r.output and "Use --backend mxnet" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1, r.output
+    assert named in r.output and "use backend='mxnet'" in r.output and "Traceback" not in r.output
+
+
+def test_backend_onnxruntime_runs_the_users_weights(digit_files, seeded_weights):
+    """A weights file of the user's runs on onnxruntime too (the graph gets its arrays), with MXNet's numbers."""
+    outs = {}
+    for backend in ("onnxruntime", "mxnet"):
+        r = CliRunner().invoke(main, ["classify", "capsnet-mnist", *digit_files, "--weights", seeded_weights,
+                                      "--backend", backend, "--json", "--top", "10"])
+        assert r.exit_code == 0, r.output
+        outs[backend] = [{t["class"]: t["probability"] for t in e["top"]} for e in json.loads(r.output)]
+    for a, b in zip(outs["onnxruntime"], outs["mxnet"]):
+        assert max(abs(a[k] - b[k]) for k in a) < 1e-5
 
 
 def test_auto_falls_back_to_mxnet_without_onnxruntime(monkeypatch, digit_files, mnist_test):
@@ -149,7 +159,7 @@ def test_auto_falls_back_to_mxnet_without_onnxruntime(monkeypatch, digit_files, 
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)[0]["class"] == int(mnist_test[1][0])
     r = CliRunner().invoke(main, ["classify", "capsnet-mnist", digit_files[0], "--backend", "onnxruntime"])
-    assert r.exit_code == 2 and "onnxruntime is not installed" in r.output
+    assert r.exit_code == 1 and "onnxruntime is not installed" in r.output
 
 
 _PROBE = """

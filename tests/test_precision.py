@@ -3,8 +3,11 @@
 The int8 net is compared with float32 on real MNIST test digits.  With the
 seeded random weights class probabilities are small (~1e-3), so closeness is
 judged relative to each output's scale; with published weights (when
-``capszoo.load("capsnet-mnist")`` finds them) the decisions must agree on
->= 99 % of 500 digits and the probabilities be within 0.08.
+``capszoo.load("capsnet-mnist")`` finds them) int8's accuracy on the first
+1,000 test digits must be within 2 errors of float32's and its decisions agree
+on >= 99.7 % of them.  The full test set is the benchmark's (``python -m bench
+--skip ...``, see ``bench/results/*-accuracy-published.json``; the figures in
+docs/speed.md are checked against that file in test_readme.py).
 """
 from __future__ import annotations
 
@@ -25,7 +28,16 @@ INT8_REL_TOL = 0.05
 #: 99.59 % fp32.  The worst digit depends on the weights; the bulk does not.
 INT8_PROB_ATOL = 0.08
 INT8_PROB_MAX = 0.25
-INT8_AGREEMENT = 0.99
+#: int8 with the shipped weights (eb2d7f6c) on all 10,000 test digits, on an AVX2 CPU without VNNI
+#: (bench/results/2026-12-02-accuracy-published.json): fp32 99.61 % (39 errors), int8 99.56 % (44:
+#: fp32's 39 and 5 more), 99.95 % of decisions agree, largest probability difference 0.163, 99th
+#: percentile of each digit's largest difference 0.041.  In the first 1,000 digits every decision agrees.
+#: The sample's bounds: at most 2 errors more than fp32 and 3 disagreements in 1,000 digits.  A loss of
+#: 0.3 points or more (30 errors in 10,000, six times the measured one) shows as 3 or more here on
+#: average; the previous bound (99 % agreement on 500) let a full point through.
+INT8_SAMPLE = 1000
+INT8_EXTRA_ERRORS = 2
+INT8_AGREEMENT = 0.997
 #: bfloat16 keeps 8 bits of mantissa: a looser share of the scale.
 BF16_REL_TOL = 0.1
 
@@ -70,12 +82,14 @@ def _assert_close(ref, got, rel_tol, what):
 
 
 # -- int8 ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_int8_close_to_float32_on_real_digits(fp32_model, int8_model, digits):
     images, _ = digits
     ref, got = _outputs(fp32_model.net, images), _outputs(int8_model.net, images)
     _assert_close(ref, got, INT8_REL_TOL, "int8")
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_interface(int8_model, digits):
     import mxnet as mx
     images, _ = digits
@@ -96,6 +110,7 @@ def test_int8_keeps_the_interface(int8_model, digits):
     assert [n for n, _, _ in info.subnets] == list(capszoo.SUBNET_NAMES)
 
 
+@pytest.mark.slow
 def test_int8_with_given_calibration_images(fp32_model, digits, mnist_test):
     images, _ = digits
     calib = mnist_test[0][-64:]  # other digits than the compared ones, uint8 (N,28,28)
@@ -159,12 +174,14 @@ def test_cpu_flag_detection(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n\n"
                     "processor\t: 1\nflags\t\t: fpu\n")
-    assert {"avx512_bf16", "avx2"} <= _precision.cpu_flags(str(info))
-    assert _precision.cpu_flags(str(tmp_path / "nope")) == frozenset()
-    monkeypatch.setattr(_precision, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "amx_bf16"}))
-    assert _precision.supports_bfloat16()
-    monkeypatch.setattr(_precision, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "avx512f"}))
-    assert not _precision.supports_bfloat16()
+    from capszoo import _env, utils
+
+    assert {"avx512_bf16", "avx2"} <= utils.cpu_flags(str(info))
+    assert utils.cpu_flags(str(tmp_path / "nope")) == frozenset()
+    monkeypatch.setattr(_env, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "amx_bf16"}))
+    assert utils.supports_bfloat16()
+    monkeypatch.setattr(_env, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "avx512f"}))
+    assert not utils.supports_bfloat16()
 
 
 @pytest.mark.skipif(not _precision.supports_bfloat16(), reason="this CPU has no native bfloat16 "
@@ -198,20 +215,25 @@ def test_reduced_precision_is_cpu_only(fp32_model):
         _precision.convert(fp32_model.net, "int8", ctx=[mx.gpu(0)])
 
 
+@pytest.mark.slow
 def test_no_double_conversion(int8_model):
     with pytest.raises(InvalidInputError, match="already int8"):
         _precision.convert(int8_model.net, "int8")
 
 
 # -- published weights -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_int8_with_published_weights(mnist_test):
     try:
         fp32 = capszoo.load("capsnet-mnist")
     except capszoo.CapszooError as exc:
         pytest.skip(f"no published weights: {exc}")
-    images = mnist_test[0][:500]
+    images, labels = mnist_test[0][:INT8_SAMPLE], mnist_test[1][:INT8_SAMPLE]
     int8 = capszoo.load("capsnet-mnist", dtype="int8")
     p32, p8 = fp32.predict(images), int8.predict(images)
+    assert p8.shape == (INT8_SAMPLE, 10) and p8.dtype == np.float32
+    errors32, errors8 = int((p32.argmax(1) != labels).sum()), int((p8.argmax(1) != labels).sum())
+    assert errors8 <= errors32 + INT8_EXTRA_ERRORS, (errors8, errors32)
     assert (p8.argmax(1) == p32.argmax(1)).mean() >= INT8_AGREEMENT
     worst = np.abs(p8 - p32).max(axis=1)   # per digit
     assert np.percentile(worst, 99) <= INT8_PROB_ATOL

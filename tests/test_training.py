@@ -14,7 +14,7 @@ import capszoo
 from capszoo._context import parse_ctx
 from capszoo._recipe import load_recipe, parse_recipe
 from capszoo._train import random_shift, split_train_validation, train
-from capszoo._weights import read_params
+from capszoo import read_params
 from capszoo.errors import CheckpointError, ContextError, RecipeError
 
 import tomllib
@@ -35,7 +35,9 @@ def train_data(mnist_dir):
 
 def test_bundled_recipe_is_wolframs_setup():
     r = load_recipe("capsnet-mnist")
-    assert capszoo.list_recipes() == ["capsnet-mnist", "capsnet-mnist-finetune"]
+    assert capszoo.list_recipes() == ["capsnet-mnist", "capsnet-mnist-deconv", "capsnet-mnist-finetune",
+                                      "capsnet-mnist-masked", "capsnet-mnist-noreco", "capsnet-mnist-r1-masked",
+                                      "capsnet-mnist-r1-noreco", "lenet-mnist"]
     assert r.net.routing_iterations == 3 and r.net.pred_vects_init_scale == 0.005
     assert (r.loss.margin_m_plus, r.loss.margin_m_minus, r.loss.margin_lambda) == (0.9, 0.1, 0.5)
     assert r.loss.class_weight == 1.0 and r.loss.reco_weight == pytest.approx(784 * 0.0005)
@@ -129,6 +131,7 @@ def test_split_and_shift_are_seeded():
     assert set(ys) == {-2, -1, 0, 1, 2}
 
 
+@pytest.mark.slow
 def test_short_run_loss_falls(train_data, tmp_path):
     r = load_recipe("capsnet-mnist")
     res = train(r, data=train_data, out_dir=tmp_path / "run", epochs=3, batch_size=32, progress=False,
@@ -145,6 +148,7 @@ def test_short_run_loss_falls(train_data, tmp_path):
         tmp_path / "run" / "epoch-0003.params").keys()
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(train_data, tmp_path):
     r = load_recipe("capsnet-mnist")
     train(r, data=train_data, out_dir=tmp_path / "run", epochs=1, batch_size=16, progress=False, max_steps_per_epoch=1,
@@ -176,6 +180,7 @@ def test_unwritable_out(train_data, tmp_path):
               validation_size=100)
 
 
+@pytest.mark.slow
 def test_two_contexts_equal_one(train_data, tmp_path):
     r = load_recipe("capsnet-mnist")
     kw = dict(data=train_data, epochs=1, batch_size=16, progress=False, max_steps_per_epoch=3, seed=5,
@@ -186,6 +191,15 @@ def test_two_contexts_equal_one(train_data, tmp_path):
     a, b = read_params(tmp_path / "one" / "best.params"), read_params(tmp_path / "two" / "best.params")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert diff < 1e-5, diff
+    # Adam's step hardly changes when every gradient is scaled by a constant (gradients summed over the
+    # devices instead of averaged), but its moments scale with it: the first by c, the second by c^2.
+    # Measured between one and two contexts: 1.6e-6 of each moment's largest value (summation order).
+    ma, mb = (read_params(tmp_path / d / "epoch-0001.optimizer.params") for d in ("one", "two"))
+    assert sorted(ma) == sorted(mb) and len(ma) == 2 * len(a)
+    apart = [k for k in ma if not np.abs(ma[k] - mb[k]).max() <= 1e-4 * np.abs(ma[k]).max()]
+    assert apart == [], {k: (float(np.abs(ma[k]).max()), float(np.abs(mb[k]).max())) for k in apart[:3]}
+    ca, cb = (json.loads((tmp_path / d / "checkpoint.json").read_text())["optimizer"] for d in ("one", "two"))
+    assert ca == cb and ca["num_update"] == 3 and ca["rescale_grad"] == 1 / 16
 
 
 def _run_cli(args, env=None):
@@ -193,28 +207,27 @@ def _run_cli(args, env=None):
                             stderr=subprocess.STDOUT, env=env)
 
 
-def test_resume_after_kill_9_matches_uninterrupted(mnist_dir, tmp_path):
-    args = ["train", "capsnet-mnist", "--data-dir", str(mnist_dir), "--limit", "600", "--epochs", "3",
-            "--batch-size", "16", "--max-steps", "2", "--seed", "7", "--validation-size", "100"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ref = _run_cli(args + ["--out", str(tmp_path / "ref")], env)
-    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
+@pytest.mark.slow
+def test_resume_after_kill_9_matches_uninterrupted(mnist_dir, reference_run, tmp_path):
+    from conftest import REFERENCE_ARGS, train_env
+    args = REFERENCE_ARGS + ["--data-dir", str(mnist_dir)]
     run = tmp_path / "killed"
-    p = _run_cli(args + ["--out", str(run)], env)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill -9 once epoch 1 is checkpointed, during epoch 2
+    p = _run_cli(args + ["--out", str(run)], train_env())
+    deadline = time.time() + 1800   # a hang guard only: the kill waits for the checkpoint, not for a time
+    while time.time() < deadline and p.poll() is None:  # kill -9 once epoch 1 is checkpointed, during epoch 2
         ck = run / "checkpoint.json"
         if ck.exists() and json.loads(ck.read_text())["epoch"] >= 1:
             break
         time.sleep(0.05)
+    assert p.poll() is None, "the run ended before epoch 1's checkpoint: " + p.stdout.read().decode()[-2000:]
     os.kill(p.pid, signal.SIGKILL)
-    p.wait(timeout=30)
+    p.wait(timeout=60)
     done = json.loads((run / "checkpoint.json").read_text())["epoch"]
     assert 1 <= done < 3
-    q = _run_cli(args + ["--out", str(run), "--resume"], env)
-    out = q.communicate(timeout=300)[0].decode()
+    q = _run_cli(args + ["--out", str(run), "--resume"], train_env())
+    out = q.communicate(timeout=1800)[0].decode()
     assert q.returncode == 0, out
-    a, b = read_params(tmp_path / "ref" / "epoch-0003.params"), read_params(run / "epoch-0003.params")
+    a, b = read_params(reference_run / "epoch-0003.params"), read_params(run / "epoch-0003.params")
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) == 0.0  # bit-identical
     assert [m["epoch"] for m in json.loads((run / "checkpoint.json").read_text())["history"]] == [1, 2, 3]
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
@@ -242,7 +255,7 @@ def test_optimizer_state_format_round_trip(one_epoch_run):
     """The Adam state is a .params file (no pickle) plus scalars in checkpoint.json, and loading it gives
     the Trainer exactly that state back."""
     from mxnet import gluon
-    from capszoo._net import CapsNet
+    from capszoo.models.capsnet.net import CapsNet
     from capszoo._train import _load_optimizer, _optimizer_state, _read_checkpoint
     from capszoo._weights import param_shapes, sha256_file
 
@@ -308,11 +321,12 @@ def test_stale_temp_files_are_removed(one_epoch_run, train_data, tmp_path):
         [".epoch-folder.tmp", ".hidden.tmp", "notes.txt"])
 
 
+@pytest.mark.slow
 def test_weight_average_is_what_validation_and_best_params_use(one_epoch_run, train_data, tmp_path):
     """One step from w0 to w1: the average is d0 w0 + (1 - d0) w1 with d0 = min(0.999, 1/10); best.params is the
     average, and the checkpoint's ema entry says so."""
-    from capszoo._net import CapsNet
-    from capszoo._train import initialize_net
+    from capszoo.models.capsnet.net import CapsNet
+    from capszoo import initialize_net
     r = load_recipe("capsnet-mnist")
     run = tmp_path / "run"
     train(r, data=train_data, out_dir=run, epochs=1, batch_size=16, progress=False, max_steps_per_epoch=1, seed=3,
@@ -350,6 +364,7 @@ def _epoch_without_average(train_data, tmp_path, *, steps, seed):
     return load_recipe("capsnet-mnist"), run, kw
 
 
+@pytest.mark.slow
 def test_resume_without_an_average_starts_one(train_data, tmp_path):
     """A checkpoint written without ema_decay (an older run) resumes with the recipe's average, started
     from the checkpoint's weights; a different decay is refused."""
@@ -367,6 +382,7 @@ def test_resume_without_an_average_starts_one(train_data, tmp_path):
         train(other, epochs=3, resume=True, **kw)
 
 
+@pytest.mark.slow
 def test_average_started_on_resume_takes_the_runs_step(train_data, tmp_path):
     """An average started in a resumed run decays by the run's step count, not its own: after epoch 1 (one
     step, no average) and epoch 2 (step t=1), a = d w1 + (1 - d) w2 with d = (1+1)/(10+1)."""
@@ -380,6 +396,7 @@ def test_average_started_on_resume_takes_the_runs_step(train_data, tmp_path):
     assert max(float(np.abs(w2[n] - w1[n]).max()) for n in w1) > 5e-4
 
 
+@pytest.mark.slow
 def test_init_weights_and_log_continue_a_run(one_epoch_run, train_data, tmp_path):
     """--init-weights + --init-log: a new run that continues a finished one from its weights and log -- the
     history starts with the log, the next epoch has the schedule of epoch N + 1, the first step starts from
@@ -504,27 +521,33 @@ def test_write_error_is_a_checkpoint_error(one_epoch_run, train_data, tmp_path, 
     assert json.loads((run / "checkpoint.json").read_text())["epoch"] == 1   # the previous checkpoint is whole
 
 
-_RESUME_ARGS = ["train", "capsnet-mnist", "--limit", "600", "--batch-size", "16", "--max-steps", "2", "--seed", "7",
-                "--validation-size", "100"]
-
-
 def _cli_ok(args, env):
     p = _run_cli(args, env)
-    out = p.communicate(timeout=600)[0].decode()
+    out = p.communicate(timeout=1800)[0].decode()
     assert p.returncode == 0, out[-2000:]
 
 
+def _epochs(args, n):
+    args = list(args)
+    args[args.index("--epochs") + 1] = str(n)
+    return args
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("ctx", ["cpu", "cpu:0,cpu:1"])
-def test_resume_is_bit_identical(ctx, mnist_dir, tmp_path):
+@pytest.mark.parametrize("ctx", [None, "cpu:0,cpu:1"], ids=["cpu", "cpu:0,cpu:1"])
+def test_resume_is_bit_identical(ctx, mnist_dir, reference_run, tmp_path):
     """3 epochs == 2 epochs, then --resume to 3: weights, Adam moments and scalars, metrics, bit for bit --
-    with one context (the Trainer's updater) and two (a local kvstore, which runs the optimizer itself)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = _RESUME_ARGS + ["--data-dir", str(mnist_dir), "--ctx", ctx]
-    _cli_ok(args + ["--epochs", "3", "--out", str(tmp_path / "ref")], env)
-    _cli_ok(args + ["--epochs", "2", "--out", str(tmp_path / "run")], env)
-    _cli_ok(args + ["--epochs", "3", "--out", str(tmp_path / "run"), "--resume"], env)
-    ref, run = tmp_path / "ref", tmp_path / "run"
+    with one context (the Trainer's updater) and two (a local kvstore, which runs the optimizer itself),
+    each run with conftest.REFERENCE_THREADS (2) OpenMP threads."""
+    from conftest import REFERENCE_ARGS, train_env
+    env = train_env()
+    args = REFERENCE_ARGS + ["--data-dir", str(mnist_dir)] + (["--ctx", ctx] if ctx else [])
+    if ctx:
+        _cli_ok(args + ["--out", str(tmp_path / "ref")], env)
+    ref = tmp_path / "ref" if ctx else reference_run
+    _cli_ok(_epochs(args, 2) + ["--out", str(tmp_path / "run")], env)
+    _cli_ok(args + ["--out", str(tmp_path / "run"), "--resume"], env)
+    run = tmp_path / "run"
     assert sorted(os.listdir(run)) == sorted(os.listdir(ref))
     for name in ("epoch-0003.params", "epoch-0003.optimizer.params", "epoch-0003.ema.params", "best.params"):
         a, b = read_params(ref / name), read_params(run / name)

@@ -1,11 +1,26 @@
-"""The training architecture: the CapsNet with its two losses, ClassLoss and RecoLoss."""
+"""The CapsNet family's training: the net with its two losses, ClassLoss and RecoLoss, and its
+seeded initialization."""
 from __future__ import annotations
 
+import mxnet as mx
 from mxnet.gluon import HybridBlock
 
-from ._net import CapsNet, NUM_CLASSES, capsule_lengths
+from .net import CapsNet, NUM_CLASSES, capsule_lengths
 
-__all__ = ["MarginLoss", "ReconstructionLoss", "CapsNetTrainingNet"]
+__all__ = ["MarginLoss", "ReconstructionLoss", "CapsNetTrainingNet", "initialize"]
+
+
+def initialize(net, recipe, ctx):
+    """Xavier for the dense layers and transposed convolutions, He (MSRA) for the two capsule
+    convolutions, W ~ Uniform(-s, s) for the prediction vectors (``net.pred_vects_init_scale``).
+    The caller seeds MXNet's and numpy's generators."""
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    for conv in (net["ReLUConv1"].weight, net["PrimaryCaps"].weight):
+        conv.initialize(mx.init.MSRAPrelu(factor_type="in", slope=0.0), ctx=ctx, force_reinit=True)
+    w = net["PrimaryPredVects"].weight
+    scale = recipe.net.pred_vects_init_scale
+    w.set_data(mx.nd.random.uniform(-scale, scale, shape=w.shape))
+    return net
 
 
 class MarginLoss(HybridBlock):
@@ -54,10 +69,10 @@ class CapsNetTrainingNet(HybridBlock):
     """
 
     def __init__(self, net=None, *, m_plus=0.9, m_minus=0.1, lam=0.5, class_weight=1.0,
-                 reco_weight=0.392, routing_iterations=3, **kwargs):
+                 reco_weight=0.392, routing_iterations=3, decoder="pick", **kwargs):
         super().__init__(prefix="", **kwargs)
         with self.name_scope():
-            self.net = net if net is not None else CapsNet(routing_iterations=routing_iterations)
+            self.net = net if net is not None else CapsNet(routing_iterations=routing_iterations, decoder=decoder)
             self.register_child(MarginLoss(m_plus, m_minus, lam, class_weight, prefix="ClassLoss_"),
                                 "ClassLoss")
             self.register_child(ReconstructionLoss(reco_weight, prefix="RecoLoss_"), "RecoLoss")
@@ -68,7 +83,12 @@ class CapsNetTrainingNet(HybridBlock):
         loss = recipe.loss
         return cls(net, m_plus=loss.margin_m_plus, m_minus=loss.margin_m_minus, lam=loss.margin_lambda,
                    class_weight=loss.class_weight, reco_weight=loss.reco_weight,
-                   routing_iterations=recipe.net.routing_iterations)
+                   routing_iterations=recipe.net.routing_iterations, decoder=recipe.net.decoder)
+
+    @classmethod
+    def from_recipe_and_net(cls, net, recipe):
+        """The family's ``build_training`` hook: ``recipe``'s training net around ``net``."""
+        return cls.from_recipe(recipe, net)
 
     def __getitem__(self, name):
         if name in ("ClassLoss", "RecoLoss"):
@@ -79,5 +99,8 @@ class CapsNetTrainingNet(HybridBlock):
         net = self.net
         caps = net.digit_capsules(F, x)
         probs = capsule_lengths(F, caps)
-        reco = net["Reconstruct"](net["Pick"](caps, label))
-        return self._children["ClassLoss"](probs, label), self._children["RecoLoss"](reco, x), probs
+        class_loss = self._children["ClassLoss"](probs, label)
+        if net.decoder == "none":   # no decoder: a zero reconstruction loss keeps the loop's three outputs
+            return class_loss, F.zeros_like(class_loss), probs
+        reco = net.decode(F, net["Pick"](caps, label), label)
+        return class_loss, self._children["RecoLoss"](reco, x), probs

@@ -13,10 +13,12 @@ dimension, exportable to MXNet symbol JSON and ONNX.
 """
 from __future__ import annotations
 
-from . import _env  # noqa: F401  (sets OMP_NUM_THREADS before mxnet loads)
+from ... import _env  # noqa: F401  (sets OMP_NUM_THREADS before mxnet loads)
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
+
+from ..._nets import SubnetChain
 
 __all__ = [
     "SUBNET_NAMES",
@@ -28,12 +30,20 @@ __all__ = [
     "DigitCaps",
     "Pick",
     "Reconstruct",
+    "MaskedReconstruct",
+    "DeconvReconstruct",
+    "DECODERS",
+    "STAGE_OUTPUTS",
     "squash",
     "capsule_lengths",
 ]
 
 #: The sub-nets of a CapsNet, in data-flow order.  Frozen: part of the weights format.
 SUBNET_NAMES = ("ReLUConv1", "PrimaryCaps", "PrimaryPredVects", "DigitCaps", "Pick", "Reconstruct")
+#: Name of each sub-net's output in exports (ONNX output names, MXNet ``<name>_output``).
+STAGE_OUTPUTS = {"ReLUConv1": "relu_conv1", "PrimaryCaps": "primary_capsules",
+                 "PrimaryPredVects": "prediction_vectors", "DigitCaps": "digit_capsules", "Pick": "capsule",
+                 "Reconstruct": "reconstruction"}
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -147,6 +157,29 @@ class DigitCaps(HybridBlock):
                 logits = agreement if logits is None else logits + agreement
         return F.reshape(v, shape=(-1, NUM_CLASSES, DIGIT_DIM))
 
+    def route(self, F, u_hat):
+        """Routing with its intermediate values, imperatively (``F`` is ``mx.nd``): ``(capsules
+        (N,10,16), coupling coefficients c (N,iterations,1152,10), logits b (N,iterations,1152,10))``.
+
+        Iteration ``t`` uses ``c = softmax(b)`` over the 10 classes (b = 0, so c = 0.1, at first),
+        sums the prediction vectors with ``c`` and squashes; then adds the agreement ``u_hat . v`` to
+        ``b``.  The same computation as the graph of ``hybrid_forward``, which does not keep c and b.
+        """
+        uh = F.reshape(u_hat, shape=(-1, NUM_PRIMARY, DIGIT_DIM))        # (N*10,1152,16)
+        b = F.zeros((uh.shape[0], NUM_PRIMARY, 1), ctx=uh.context)
+        couplings, logits, v = [], [], None
+        for it in range(self.routing_iterations):
+            bb = F.reshape(b, shape=(-1, NUM_CLASSES, NUM_PRIMARY))      # (N,10,1152)
+            c = F.softmax(bb, axis=1)
+            couplings.append(F.transpose(c, axes=(0, 2, 1)))
+            logits.append(F.transpose(bb, axes=(0, 2, 1)))
+            s = F.batch_dot(uh, F.reshape(c, shape=(-1, NUM_PRIMARY, 1)), transpose_a=True)
+            v = squash(F, s, axis=1)
+            if it + 1 < self.routing_iterations:
+                b = b + F.batch_dot(uh, v)
+        return (F.reshape(v, shape=(-1, NUM_CLASSES, DIGIT_DIM)), F.stack(*couplings, axis=1),
+                F.stack(*logits, axis=1))
+
 
 class Pick(HybridBlock):
     """The 16-D capsule of one class: ``(N,10,16), (N,) -> (N,16)``.
@@ -161,7 +194,11 @@ class Pick(HybridBlock):
 
 
 class Reconstruct(nn.HybridSequential):
-    """Decoder: Dense 16->512 ReLU, 512->1024 ReLU, 1024->784 sigmoid, as 1x28x28."""
+    """Decoder: Dense 16->512 ReLU, 512->1024 ReLU, 1024->784 sigmoid, as 1x28x28.
+
+    Wolfram's decoder: it reads the 16-D capsule that ``Pick`` chose."""
+
+    needs_class = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -172,12 +209,83 @@ class Reconstruct(nn.HybridSequential):
                      nn.HybridLambda(lambda F, x: F.reshape(x, shape=(-1,) + IMAGE_SHAPE)))
 
 
-class CapsNet(HybridBlock):
+def masked_capsules(F, capsule, index):
+    """The paper's decoder input: the 10 digit capsules with all but class ``index`` zeroed,
+    flattened to ``(N, 160)``, built from the chosen 16-D capsule ``(N,16)`` and ``index`` ``(N,)``."""
+    mask = F.expand_dims(F.one_hot(index, depth=NUM_CLASSES), axis=2)        # (N,10,1)
+    masked = F.broadcast_mul(mask, F.expand_dims(capsule, axis=1))          # (N,10,16)
+    return F.reshape(masked, shape=(0, -1))                                 # (N,160)
+
+
+class _ClassDecoder(HybridBlock):
+    """A decoder that reads the masked 160-D DigitCaps output: ``(capsule (N,16), class (N,))``.
+    Its layers are children ``"0"``, ``"1"``, ... so that parameters are ``Reconstruct.<i>.<param>``."""
+
+    needs_class = True
+
+    def _layers(self, *layers):
+        for i, layer in enumerate(layers):
+            self.register_child(layer, str(i))
+        self._n = len(layers)
+
+    def hybrid_forward(self, F, capsule, index):
+        return self.decode_masked(F, masked_capsules(F, capsule, index))
+
+    def decode_masked(self, F, x):
+        """The image ``(N,1,28,28)`` of masked capsules ``x`` ``(N,160)``."""
+        for i in range(self._n):
+            x = self._children[str(i)](x)
+            if i == 0:
+                x = self._reshape_first(F, x)
+        return F.reshape(x, shape=(-1,) + IMAGE_SHAPE)
+
+    def _reshape_first(self, F, x):
+        return x
+
+
+class MaskedReconstruct(_ClassDecoder):
+    """The paper's decoder: masked 160-D DigitCaps output -> Dense 512 ReLU, 1024 ReLU, 784 sigmoid."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self._layers(nn.Dense(512, activation="relu", in_units=NUM_CLASSES * DIGIT_DIM),
+                         nn.Dense(1024, activation="relu", in_units=512),
+                         nn.Dense(784, activation="sigmoid", in_units=1024))
+
+
+class DeconvReconstruct(_ClassDecoder):
+    """A deconvolution decoder (as in ethanleet's PyTorch CapsNet): masked 160-D -> Dense 360 ReLU
+    as 10x6x6 -> transposed convolutions 10->32 (9x9, stride 2, ReLU) -> 32->64 (9x9, ReLU)
+    -> 64->1 (2x2, sigmoid): 250,121 parameters.
+
+    The last layer, a 2x2 stride-1 transposed convolution, is written as what it equals: a 2x2
+    convolution with padding 1 (same outputs for the flipped, transposed kernel; same 257
+    parameters), because MXNet 1.9.1's oneDNN backward of a one-channel transposed convolution
+    fails ("could not create a primitive descriptor for a reorder primitive")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self._layers(nn.Dense(360, activation="relu", in_units=NUM_CLASSES * DIGIT_DIM),
+                         nn.Conv2DTranspose(32, 9, strides=2, activation="relu", in_channels=10),
+                         nn.Conv2DTranspose(64, 9, strides=1, activation="relu", in_channels=32),
+                         nn.Conv2D(1, 2, padding=1, activation="sigmoid", in_channels=64))
+
+    def _reshape_first(self, F, x):
+        return F.reshape(x, shape=(0, 10, 6, 6))
+
+
+#: Decoders by recipe name (``[net] decoder``); ``"none"``: no ``Reconstruct`` sub-net.
+DECODERS = {"pick": Reconstruct, "masked": MaskedReconstruct, "deconv": DeconvReconstruct, "none": None}
+
+
+class CapsNet(SubnetChain, HybridBlock):
     """CapsNet for 28x28 digits.
 
-    ``net(x)`` maps a float32 batch ``(N,1,28,28)`` in [0, 1] to three outputs:
-    class probabilities ``(N,10)`` (capsule lengths), the predicted class's
-    capsule ``(N,16)`` and its reconstruction ``(N,1,28,28)``.
+    ``net(x)`` maps a float32 batch ``(N,1,28,28)`` in [0, 1] to class
+    probabilities ``(N,10)`` (capsule lengths), the predicted class's capsule
+    ``(N,16)`` and, with a decoder, its reconstruction ``(N,1,28,28)``.
 
     Sub-nets are reached by name: ``net["DigitCaps"]``.
 
@@ -185,40 +293,51 @@ class CapsNet(HybridBlock):
     ----------
     routing_iterations : int, default 3
         Iterations of routing by agreement in ``DigitCaps``.
+    decoder : str, default "pick"
+        ``Reconstruct``'s kind (:data:`DECODERS`): ``"pick"`` (Wolfram's: Dense from the
+        16-D picked capsule), ``"masked"`` (the paper's: Dense from the masked 160-D
+        DigitCaps output), ``"deconv"`` (transposed convolutions from the masked
+        output) or ``"none"`` (no ``Reconstruct``).
     """
 
-    output_names = ("probabilities", "capsule", "reconstruction")
+    stage_outputs = STAGE_OUTPUTS
 
-    def __init__(self, routing_iterations=3, prefix="capsnet_", **kwargs):
+    def __init__(self, routing_iterations=3, decoder="pick", prefix="capsnet_", **kwargs):
         super().__init__(prefix=prefix, **kwargs)
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; decoders: {', '.join(DECODERS)}")
+        self.decoder = decoder
+        names = SUBNET_NAMES if DECODERS[decoder] else SUBNET_NAMES[:-1]
+        self.subnet_names = names
+        self.output_names = ("probabilities", "capsule", "reconstruction")[:len(names) - 3]
         with self.name_scope():
             self.register_child(ReLUConv1(prefix="ReLUConv1_"), "ReLUConv1")
             self.register_child(PrimaryCaps(prefix="PrimaryCaps_"), "PrimaryCaps")
             self.register_child(PrimaryPredVects(prefix="PrimaryPredVects_"), "PrimaryPredVects")
             self.register_child(DigitCaps(routing_iterations, prefix="DigitCaps_"), "DigitCaps")
             self.register_child(Pick(prefix="Pick_"), "Pick")
-            self.register_child(Reconstruct(prefix="Reconstruct_"), "Reconstruct")
+            if DECODERS[decoder]:
+                self.register_child(DECODERS[decoder](prefix="Reconstruct_"), "Reconstruct")
 
     @property
     def routing_iterations(self) -> int:
         return self["DigitCaps"].routing_iterations
 
-    def __getitem__(self, name):
-        try:
-            return self._children[name]
-        except KeyError:
-            raise KeyError(f"CapsNet has no sub-net {name!r}; sub-nets: {', '.join(SUBNET_NAMES)}") from None
-
-    def subnets(self):
-        """``(name, block)`` pairs in data-flow order."""
-        return [(n, self._children[n]) for n in SUBNET_NAMES]
 
     def digit_capsules(self, F, x):
         u = self["PrimaryCaps"](self["ReLUConv1"](x))
         return self["DigitCaps"](self["PrimaryPredVects"](u))
 
+    def decode(self, F, capsule, index):
+        """The reconstruction of ``capsule`` (N,16) as class ``index`` (N,)."""
+        dec = self["Reconstruct"]
+        return dec(capsule, index) if dec.needs_class else dec(capsule)
+
     def hybrid_forward(self, F, x):
         caps = self.digit_capsules(F, x)
         probs = capsule_lengths(F, caps)
-        capsule = self["Pick"](caps, F.argmax(probs, axis=1))
-        return probs, capsule, self["Reconstruct"](capsule)
+        index = F.argmax(probs, axis=1)
+        capsule = self["Pick"](caps, index)
+        if self.decoder == "none":
+            return probs, capsule
+        return probs, capsule, self.decode(F, capsule, index)
