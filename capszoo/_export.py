@@ -24,7 +24,11 @@ OUTPUT_DOCS = {
     "prediction_vectors": "PrimaryPredVects' prediction vectors u_hat[j|i] (10x1152x16)",
     "digit_capsules": "DigitCaps' 10 digit capsules (10x16) after routing by agreement; their lengths are the "
                       "class probabilities",
+    "coupling": "routing's coupling coefficients c_ij of every iteration (iterations x 1152 x 10): primary capsule "
+                "i's share of its vote to class j; each row sums to 1 over the classes, 0.1 in the first iteration",
 }
+#: Optional extra outputs an export can carry (``extra_outputs=``, ``capszoo export --coupling``).
+EXTRA_OUTPUTS = ("coupling",)
 
 
 def _slice_block(model, spec):
@@ -42,7 +46,8 @@ def _verification_inputs(model, block, data_dir, count):
 
     images, labels = load_mnist("test", data_dir=data_dir)
     images, labels = images[:count], labels[:count]
-    return slice_inputs(model, block, images), (labels if block is model.net else None)
+    whole = tuple(block.output_names[:1]) == ("probabilities",)
+    return slice_inputs(model, block, images), (labels if whole else None)
 
 
 def _previous_stage(model, name):
@@ -74,8 +79,31 @@ def slice_inputs(model, block, images):
     return masked.reshape(len(caps), -1)
 
 
+def _with_extra_outputs(model, extra_outputs, slice_spec):
+    """The model's net rebuilt to also output ``extra_outputs`` (its weights loaded), or None for none."""
+    extra = tuple(extra_outputs or ())
+    unknown = [e for e in extra if e not in EXTRA_OUTPUTS]
+    if unknown:
+        raise InvalidInputError(f"unknown extra output(s) {', '.join(map(repr, unknown))}; extra outputs: "
+                                f"{', '.join(EXTRA_OUTPUTS)}")
+    if not extra:
+        return None
+    card = model.card
+    if "routing_iterations" not in card.arch_args:
+        raise ExportError(f"{card.name} has no routing, so no coupling coefficients to export "
+                          f"(its sub-nets: {', '.join(card.subnets)}); export a capsnet-* entry")
+    if slice_spec is not None:
+        raise ExportError("the coupling coefficients are an extra output of the whole net; drop --slice")
+    from ._weights import load_params_into
+
+    net = card.build(coupling_output=True)
+    load_params_into(net, model.weights_path, ctx=model.ctx)
+    net.hybridize(static_alloc=True)
+    return net
+
+
 def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=None, verify=False, data_dir=None,
-                 verify_count=10_000, dtype="float32"):
+                 verify_count=10_000, dtype="float32", extra_outputs=()):
     """Export model ``name`` (or a slice) and write ``metadata.json`` beside it.
 
     Parameters
@@ -105,6 +133,9 @@ def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=No
         channel), calibrated on the 256 training digits shipped with capszoo (their intermediate
         values for a slice that starts later).  Its verification reports the differences and the
         accuracy without the float32 tolerance.
+    extra_outputs : sequence of str
+        Outputs to add to the whole net's: ``("coupling",)`` (capsule nets) appends routing's coupling
+        coefficients of every iteration, ``(N, iterations, 1152, 10)``.
 
     Returns
     -------
@@ -122,8 +153,11 @@ def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=No
     if dtype == "int8" and fmt != "onnx":
         raise ExportError("int8 export writes a quantized ONNX graph; use --format onnx with --dtype int8 "
                           "(an MXNet export is float32)")
-    model = load(name, weights=weights)
+    model = load(name, weights=weights, backend="mxnet")
     block, default_prefix, input_shape = _slice_block(model, slice_spec)
+    coupled = _with_extra_outputs(model, extra_outputs, slice_spec)
+    if coupled is not None:
+        block, default_prefix = coupled, f"{model.card.name}-coupling"
     prefix = prefix or default_prefix
     if not prefix or os.sep in prefix or prefix.startswith("."):
         raise InvalidInputError(f"bad --prefix {prefix!r}: use a plain file name prefix")

@@ -30,7 +30,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="capszoo")
 def main():
-    """capszoo: pretrained CapsNet for digits on Apache MXNet; classify, inspect, train, export."""
+    """capszoo: a model zoo on Apache MXNet (CapsNets and LeNet for digits): classify, inspect, train, export."""
 
 
 @main.command("list")
@@ -44,12 +44,13 @@ def list_cmd(pattern, as_json):
     if as_json:
         click.echo(json.dumps([get_card(n).to_dict() for n in names], indent=2, default=str))
         return
+    width = max((len(n) for n in names), default=0)
     for n in names:
         card = get_card(n)
         acc = card.metrics.get("test_accuracy")
         weights = (f"test accuracy {100 * acc:.2f} %" if acc is not None else "weights: yes") \
             if card.weights else "weights: not published yet"
-        click.echo(f"{card.name:<16} {card.display_name}  ({card.num_params:,} parameters; {weights})")
+        click.echo(f"{card.name:<{width}}  {card.display_name}  ({card.num_params:,} parameters; {weights})")
 
 
 @main.command("info")
@@ -226,12 +227,16 @@ def train_cmd(recipe, ctx, epochs, batch_size, seed, data_dir, out_dir, resume, 
               help="MNIST test images used by --verify.")
 @click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
               help="int8 (ONNX only): quantized by onnxruntime, calibrated on the shipped training digits.")
-def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir, verify_count, dtype):
+@click.option("--coupling", is_flag=True,
+              help="Capsule nets: add routing's coupling coefficients of every iteration as an extra output, "
+                   "'coupling' (N, iterations, 1152, 10).")
+def export_cmd(name, fmt, out_dir, prefix, slice_spec, weights, verify, data_dir, verify_count, dtype, coupling):
     """Export model NAME (or a slice of it) to MXNet symbol JSON + params or ONNX."""
     from ._export import export_model
 
     report = export_model(name, fmt=fmt, out_dir=out_dir, prefix=prefix, slice_spec=slice_spec, weights=weights,
-                          verify=verify, data_dir=data_dir, verify_count=verify_count, dtype=dtype)
+                          verify=verify, data_dir=data_dir, verify_count=verify_count, dtype=dtype,
+                          extra_outputs=("coupling",) if coupling else ())
     for f in report["files"]:
         click.echo(f"wrote {f['path']}  ({f['bytes']:,} bytes, sha256 {f['sha256'][:16]}...)")
     if verify:

@@ -18,7 +18,8 @@ The entry is the model the run's recipe names (``model = "..."``).
    second stage such as ``capsnet-mnist-finetune``) records them and their training
    summary as its ``init``;
 5. copies the run's per-epoch log to recipes/<the run's recipe>.metrics.jsonl;
-6. for the bundled entry: redraws the README pictures in docs/figures with
+6. rewrites the README's model and ablation tables (scripts/zoo_tables.py);
+7. for the bundled entry: redraws the README pictures in docs/figures with
    scripts/make_figures.py and rewrites the README's table of the shipped weights with
    scripts/readme_weights.py.
 """
@@ -171,8 +172,10 @@ def main(argv=None):
                       "".join(json.dumps(m) + "\n" for m in ck["history"]))
     print(json.dumps(manifest, indent=2))
     print(result.format())
-    if card.name != BUNDLED:
-        return 0
+    # the README's model and ablation tables, in a new process (it reads the manifest just written)
+    rc = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "zoo_tables.py")])
+    if rc or card.name != BUNDLED:
+        return rc
     # the README pictures (training curve included, drawn the one way make_figures draws them) and
     # the README's weights table; in new processes, which read the manifest just written (this
     # one's card still names the old file)

@@ -89,16 +89,21 @@ def _script(name):
 
 
 def test_readme_zoo_tables_are_the_cards():
-    """The README's model and ablation tables are what scripts/zoo_tables.py writes from the cards, the logs and
-    the speed file (each between its markers, once)."""
+    """The README's model and ablation tables and docs/export.md's runtimes table are what
+    scripts/zoo_tables.py writes from the cards, the logs and the result files (each between its markers, once)."""
     zt = _script("zoo_tables")
-    text = _read(README)
     assert zt.README == README
-    for which, (begin, end) in zt.MARKERS.items():
+    for which, (path, begin, end) in zt.MARKERS.items():
+        text = _read(path)
         assert text.count(begin) == 1 and text.count(end) == 1, which
         block = text[text.index(begin) + len(begin):text.index(end)]
         assert block == f"\n{zt.render(which)}\n", f"the {which} table is stale: run python scripts/zoo_tables.py"
-    assert text.index(zt.MARKERS["models"][1]) < text.index(zt.MARKERS["ablation"][0])
+    text = _read(README)
+    assert text.index(zt.MARKERS["models"][2]) < text.index(zt.MARKERS["ablation"][1])
+    runtimes = zt.render("runtimes")
+    for name in capszoo.list_models():                    # every entry, in every runtime
+        assert f"| `{name}` (" in runtimes, name
+    assert "fail" not in runtimes and "refused" not in runtimes
 
 
 def test_readme_lists_every_entry():

@@ -86,6 +86,16 @@ def test_ema_decay_is_optional(recipe_doc):
     (lambda d: d["data"].update(max_shift=20), "max_shift must be 0..8"),
     (lambda d: d.pop("net"), "missing net"),
     (lambda d: d.update(net=3), r"\[net\] must be a table"),
+    (lambda d: d["net"].update(decoder="conv"), "net.decoder 'conv' is not a decoder; use one of: pick, masked, "
+                                                "deconv, none"),
+    (lambda d: d["net"].update(routing_iterations=0), "routing_iterations must be > 0"),
+    (lambda d: d["net"].update(decoder="masked"), "net.decoder = 'masked' but model 'capsnet-mnist' has decoder "
+                                                  "= 'pick'; use a recipe of that entry"),
+    (lambda d: (d.update(model="capsnet-mnist-noreco"), d["net"].update(decoder="none")),
+     "net.decoder is 'none' but loss.reco_weight is 0.392; a net without a decoder has no reconstruction loss"),
+    (lambda d: d.update(model="capsnet-mnist-r1"), "model 'capsnet-mnist-r1' is not a zoo entry"),
+    (lambda d: d.update(model="lenet-mnist"), r"\[net\] unknown key\(s\) pred_vects_init_scale, routing_iterations "
+                                              r"for model 'lenet-mnist' \(family lenet\); allowed: none"),
 ])
 def test_recipe_validation(recipe_doc, mutate, message):
     import copy

@@ -315,3 +315,28 @@ def test_graph_by_name_draws_every_layer(name, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"({capszoo.get_card(name).num_layers} operator nodes in " in res.output
     assert (tmp_path / "g.svg").read_text().count("<svg") == 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "mxnet"])
+def test_export_with_the_coupling_coefficients(fmt, routed, tmp_path):
+    """--coupling adds routing's coupling coefficients as a last output, equal to model.routing()'s."""
+    model, r, x = routed[3]
+    res = cli("export", "capsnet-mnist", "--format", fmt, "-o", tmp_path, "--coupling")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["input"]["outputs"] == ["probabilities", "capsule", "reconstruction", "coupling"]
+    batch = (x.astype(np.float32) / 255.0)[:, None]
+    if fmt == "onnx":
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(tmp_path / "capsnet-mnist-coupling.onnx"), providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"data": batch})))
+    else:
+        import mxnet as mx
+        block = mx.gluon.SymbolBlock.imports(str(tmp_path / "capsnet-mnist-coupling-symbol.json"), ["data"],
+                                             str(tmp_path / "capsnet-mnist-coupling-0000.params"))
+        got = {"coupling": block(mx.nd.array(batch))[3].asnumpy()}
+    assert got["coupling"].shape == (4, 3, 1152, 10)
+    np.testing.assert_allclose(got["coupling"], r["coupling"], atol=1e-5)
+    res = cli("export", "lenet-mnist", "--format", fmt, "-o", tmp_path / "lenet", "--coupling")
+    assert res.exit_code == 1 and "lenet-mnist has no routing" in res.output
+    assert not (tmp_path / "lenet").exists() or not os.listdir(tmp_path / "lenet")

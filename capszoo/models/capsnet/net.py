@@ -126,16 +126,20 @@ class DigitCaps(HybridBlock):
         Number of routing iterations (3 in the paper).
     """
 
-    def __init__(self, routing_iterations=3, **kwargs):
+    def __init__(self, routing_iterations=3, keep_coupling=False, **kwargs):
         super().__init__(**kwargs)
         if int(routing_iterations) != routing_iterations or routing_iterations < 1:
             raise ValueError(f"routing_iterations must be a positive integer, got {routing_iterations!r}")
         self.routing_iterations = int(routing_iterations)
+        #: Also return the coupling coefficients of every iteration, (N, iterations, 1152, 10), in the
+        #: graph (for exports that carry them as an extra output).
+        self.keep_coupling = bool(keep_coupling)
 
     def hybrid_forward(self, F, u_hat):
         uh = F.reshape(u_hat, shape=(-1, NUM_PRIMARY, DIGIT_DIM))        # (N*10,1152,16)
         logits = None
         v = None
+        kept = []
         for it in range(self.routing_iterations):
             if logits is None:
                 # b = 0 -> uniform coupling coefficients 1/10.  A batch_dot with a vector of
@@ -150,12 +154,18 @@ class DigitCaps(HybridBlock):
                 b = F.transpose(F.reshape(logits, shape=(-1, NUM_CLASSES, NUM_PRIMARY)), axes=(0, 2, 1))
                 c = F.transpose(F.softmax(b, axis=-1), axes=(0, 2, 1))
                 c = F.reshape(c, shape=(-1, NUM_PRIMARY, 1))                # (N*10,1152,1)
+            if self.keep_coupling:                                          # -> (N,1,1152,10)
+                cc = F.transpose(F.reshape(c, shape=(-1, NUM_CLASSES, NUM_PRIMARY)), axes=(0, 2, 1))
+                kept.append(F.expand_dims(cc, axis=1))
             s = F.batch_dot(uh, c, transpose_a=True)                        # (N*10,16,1)
             v = squash(F, s, axis=1)
             if it + 1 < self.routing_iterations:
                 agreement = F.batch_dot(uh, v)                              # (N*10,1152,1)
                 logits = agreement if logits is None else logits + agreement
-        return F.reshape(v, shape=(-1, NUM_CLASSES, DIGIT_DIM))
+        caps = F.reshape(v, shape=(-1, NUM_CLASSES, DIGIT_DIM))
+        if not self.keep_coupling:
+            return caps
+        return caps, (F.concat(*kept, dim=1) if len(kept) > 1 else kept[0])
 
     def route(self, F, u_hat):
         """Routing with its intermediate values, imperatively (``F`` is ``mx.nd``): ``(capsules
@@ -302,7 +312,7 @@ class CapsNet(SubnetChain, HybridBlock):
 
     stage_outputs = STAGE_OUTPUTS
 
-    def __init__(self, routing_iterations=3, decoder="pick", prefix="capsnet_", **kwargs):
+    def __init__(self, routing_iterations=3, decoder="pick", coupling_output=False, prefix="capsnet_", **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; decoders: {', '.join(DECODERS)}")
@@ -310,11 +320,17 @@ class CapsNet(SubnetChain, HybridBlock):
         names = SUBNET_NAMES if DECODERS[decoder] else SUBNET_NAMES[:-1]
         self.subnet_names = names
         self.output_names = ("probabilities", "capsule", "reconstruction")[:len(names) - 3]
+        #: With ``coupling_output``, the net's last output is ``"coupling"``: the coupling coefficients of
+        #: every routing iteration, (N, iterations, 1152, 10) (an export's optional extra output).
+        self.coupling_output = bool(coupling_output)
+        if self.coupling_output:
+            self.output_names += ("coupling",)
         with self.name_scope():
             self.register_child(ReLUConv1(prefix="ReLUConv1_"), "ReLUConv1")
             self.register_child(PrimaryCaps(prefix="PrimaryCaps_"), "PrimaryCaps")
             self.register_child(PrimaryPredVects(prefix="PrimaryPredVects_"), "PrimaryPredVects")
-            self.register_child(DigitCaps(routing_iterations, prefix="DigitCaps_"), "DigitCaps")
+            self.register_child(DigitCaps(routing_iterations, keep_coupling=coupling_output, prefix="DigitCaps_"),
+                                "DigitCaps")
             self.register_child(Pick(prefix="Pick_"), "Pick")
             if DECODERS[decoder]:
                 self.register_child(DECODERS[decoder](prefix="Reconstruct_"), "Reconstruct")
@@ -335,9 +351,13 @@ class CapsNet(SubnetChain, HybridBlock):
 
     def hybrid_forward(self, F, x):
         caps = self.digit_capsules(F, x)
+        extra = ()
+        if self.coupling_output:
+            caps, coupling = caps
+            extra = (coupling,)
         probs = capsule_lengths(F, caps)
         index = F.argmax(probs, axis=1)
         capsule = self["Pick"](caps, index)
         if self.decoder == "none":
-            return probs, capsule
-        return probs, capsule, self.decode(F, capsule, index)
+            return (probs, capsule) + extra
+        return (probs, capsule, self.decode(F, capsule, index)) + extra
