@@ -698,7 +698,8 @@ def _from_cache(ws, *, cache, expected, tried) -> Optional[str]:
 def _from_checkout(ws, *, expected, tried) -> Optional[str]:
     folder = checkout_weights_dir()
     if folder is None:
-        tried.append("bundled: not shipped (weights/ of a source checkout: not running from one)")
+        tried.append("bundled: not shipped in the package; checkout: capszoo is not running from a source "
+                     "checkout (an editable install of a clone finds these weights in its weights/)")
         return None
     candidate = os.path.join(os.fspath(folder), *ws.filename.split("/"))
     if not os.path.isfile(candidate):

@@ -108,7 +108,7 @@ def test_checkout_weights_are_verified(name, tmp_path, monkeypatch):
                                                                      r"checkout -- weights/"):
         capszoo.load(name)
     monkeypatch.setattr(_hub, "checkout_weights_dir", lambda: None)
-    with pytest.raises(WeightsNotAvailableError, match="not running from one.*offline mode is on"):
+    with pytest.raises(WeightsNotAvailableError, match="not running from a source checkout.*offline mode is on"):
         capszoo.load(name)
 
 
@@ -340,3 +340,16 @@ def test_export_with_the_coupling_coefficients(fmt, routed, tmp_path):
     res = cli("export", "lenet-mnist", "--format", fmt, "-o", tmp_path / "lenet", "--coupling")
     assert res.exit_code == 1 and "lenet-mnist has no routing" in res.output
     assert not (tmp_path / "lenet").exists() or not os.listdir(tmp_path / "lenet")
+
+
+def test_train_lenet_by_name(mnist_dir, tmp_path):
+    """The bundled recipe of the second family trains by name (a few steps on a subset)."""
+    run = tmp_path / "run"
+    res = cli("train", "lenet-mnist", "--data-dir", mnist_dir, "--out", run, "--limit", 1280, "--epochs", 1,
+              "--validation-size", 256)
+    assert res.exit_code == 0, res.output
+    assert re.search(r"best epoch 1: validation accuracy \d+\.\d\d %", res.output)
+    weights = capszoo.read_params(run / "best.params")
+    assert sum(a.size for a in weights.values()) == 431_080 and "ReLUDense.weight" in weights
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["recipe"]["model"] == "lenet-mnist"
