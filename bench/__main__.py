@@ -58,8 +58,8 @@ from bench import _flops  # noqa: E402
 BATCHES = (1, 32, 128)
 TRAIN_BATCH = 128
 #: capszoo's contenders call the public API, ``model.run(batch)`` of ``capszoo.load("capsnet-mnist", ...)``:
-#: fp32 with the default engine choice (backend "auto": onnxruntime up to capszoo.ORT_MAX_BATCH images,
-#: MXNet above), fp32 on MXNet alone (backend "mxnet", for the record), bf16 and int8 (MXNet).
+#: fp32 with the default engine choice (backend "auto": onnxruntime, on the graph shipped with the package
+#: and the model's weights), fp32 on MXNet alone (backend "mxnet"), bf16 and int8 (MXNet).
 CAPSZOO = ("capszoo-float32", "capszoo-float32-mxnet", "capszoo-bfloat16", "capszoo-int8")
 INFER_CONTENDERS = CAPSZOO + ("torch", "torch-malloc", "onnxruntime")
 LABEL = {"capszoo-float32": "capszoo fp32", "capszoo-float32-mxnet": "capszoo fp32 MXNet",

@@ -28,15 +28,15 @@ PROPERTIES = ("Decision", "Probabilities", "TopProbabilities", "Capsule", "Recon
 #: Variants ``load`` accepts besides the pretrained evaluation net.
 VARIANTS = ("EvaluationNet", "UninitializedEvaluationNet", "TrainingNet")
 DTYPES = ("float32", "bfloat16", "int8")
-#: Engines of a model's whole-net calls: ``"auto"`` (onnxruntime for batches of up to
-#: :data:`ORT_MAX_BATCH` images when it can run them, MXNet otherwise), ``"mxnet"``, ``"onnxruntime"``.
+#: Engines of a model's whole-net calls: ``"auto"`` (onnxruntime when it can run the call, MXNet
+#: otherwise), ``"mxnet"``, ``"onnxruntime"``.
 BACKENDS = ("auto", "mxnet", "onnxruntime")
-#: Largest batch ``backend="auto"`` runs on onnxruntime.  Measured on the 2-core AVX2 machine of
-#: bench/ (images/s, MXNet vs onnxruntime): batch 1 70 vs 148, 2 84 vs 140, 4 117 vs 180,
-#: 8 162 vs 194, 16 220 vs 210; from batch 32 on MXNet is well ahead (220 vs 145 at 32).  On the
-#: AVX-512 machine (2026-11-22, predict() of published weights): 1 108 vs 173, 2 160 vs 232,
-#: 4 211 vs 276, 8 257 vs 289, 16 271 vs 258, 32 289 vs 218: the same crossover.
-ORT_MAX_BATCH = 8
+#: Largest batch ``backend="auto"`` runs on onnxruntime; None (today): no limit.  Since the ONNX
+#: converter sinks the prediction vectors' transposes into the batched products, onnxruntime is ahead
+#: at every batch size (2026-12-03, AVX-512 EPYC, 2 threads, ``model.run``, images/s onnxruntime vs
+#: MXNet): batch 1 170 vs 75, 8 292 vs 112, 16 397 vs 156, 32 343 vs 168, 64 380 vs 205, 128 349 vs
+#: 221, 256 336 vs 199.  (Before that change MXNet was ahead from batch 16 on, and this was 8.)
+ORT_MAX_BATCH = None
 
 
 def _is_single(inputs):
@@ -124,15 +124,15 @@ class ZooModel:
     of shape (N,1,28,28) in [0, 1] skips preprocessing.  A property the entry
     lacks (a reconstruction from LeNet) is an error naming what it has.
 
-    Engines: with ``backend="auto"`` (the default of :func:`load`) batches of up
-    to :data:`ORT_MAX_BATCH` images run on onnxruntime, on the shipped
-    weight-less graph with this model's current weights (about twice as fast as
-    MXNet at batch 1), larger ones on MXNet; outputs agree to 6e-7 on probabilities
-    and capsules, 1.3e-5 on reconstructions.
+    Engines: with ``backend="auto"`` (the default of :func:`load`) whole-net
+    calls run on onnxruntime when it can run them, on the shipped weight-less
+    graph with this model's current weights (1.6 to 2.6 times as fast as MXNet
+    from batch 1 to 256), else on MXNet; outputs agree to 6e-7 on probabilities and capsules, 1.3e-5 on
+    reconstructions.
     :func:`engine_blockers` says when onnxruntime cannot run (bfloat16, int8,
     several devices, other routing iterations, no shipped graph).  The MXNet net
     is built, and MXNet imported, only when a call needs it: a model that
-    serves small batches on onnxruntime never imports MXNet.  Sub-nets
+    onnxruntime serves never imports MXNet.  Sub-nets
     (``take``, ``port``, ``reconstruct``, ...) always run on MXNet.
 
     For CapsNets, class probabilities are the lengths of the 10 digit capsules:
@@ -156,7 +156,7 @@ class ZooModel:
             raise InvalidInputError("a model needs its net or its weights file")
         self.backend, self._routing_iterations = backend, routing_iterations
         self._ctx = None
-        self._blockers = None if backend != "mxnet" else ["backend='mxnet'"]   # decided at the first small batch
+        self._blockers = None if backend != "mxnet" else ["backend='mxnet'"]   # decided at the first call
         if backend == "onnxruntime":
             self._check_onnxruntime(raise_error=True)
         self._ort = None   # (OnnxRuntimeNet, the weights' fingerprint when it was built, or None: the file's)
@@ -235,7 +235,8 @@ class ZooModel:
 
     def engine_for(self, batch: int) -> str:
         """The engine a whole-net call on ``batch`` images runs on: ``"onnxruntime"`` or ``"mxnet"``."""
-        if self.backend == "mxnet" or (self.backend == "auto" and batch > ORT_MAX_BATCH):
+        if self.backend == "mxnet" or (self.backend == "auto" and ORT_MAX_BATCH is not None
+                                       and batch > ORT_MAX_BATCH):
             return "mxnet"
         if self._blockers is None:
             self._check_onnxruntime()
@@ -552,9 +553,8 @@ def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="
         CapsNets: routing iterations of ``DigitCaps`` (default: the card's).
     backend : {"auto", "mxnet", "onnxruntime"}
         Engine of the model's whole-net calls (see :class:`ZooModel`):
-        ``"auto"`` runs batches of up to :data:`ORT_MAX_BATCH` images on
-        onnxruntime when it can (:func:`engine_blockers`), ``"onnxruntime"`` all of
-        them (an error when it cannot), ``"mxnet"`` none.
+        ``"auto"`` runs them on onnxruntime when it can (:func:`engine_blockers`),
+        else on MXNet; ``"onnxruntime"`` all of them (an error when it cannot), ``"mxnet"`` none.
 
     Returns
     -------

@@ -15,7 +15,8 @@ __all__ = ["EvalResult", "evaluate", "evaluate_probabilities"]
 class EvalResult:
     """Figures of one evaluation.
 
-    ``confusion[i, j]`` counts images of true class ``i`` predicted as ``j``.
+    ``confusion[i, j]`` counts images of true class ``i`` predicted as ``j``; ``misclassified``
+    holds the indices of the wrong images, in order.
     """
 
     accuracy: float
@@ -23,11 +24,12 @@ class EvalResult:
     count: int
     per_class_accuracy: Tuple[float, ...]
     confusion: np.ndarray
+    misclassified: Tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "errors": self.errors, "count": self.count,
                 "per_class_accuracy": list(self.per_class_accuracy),
-                "confusion": self.confusion.tolist()}
+                "confusion": self.confusion.tolist(), "misclassified": list(self.misclassified)}
 
     def format(self) -> str:
         lines = [f"Test accuracy: {100 * self.accuracy:.2f} % ({self.count - self.errors:,}/{self.count:,}; "
@@ -52,7 +54,8 @@ def evaluate_probabilities(probs, labels, num_classes=10) -> EvalResult:
     per_class = tuple(float(conf[k, k] / totals[k]) if totals[k] else float("nan") for k in range(num_classes))
     correct = int(np.trace(conf))
     return EvalResult(accuracy=correct / len(labels), errors=len(labels) - correct, count=len(labels),
-                      per_class_accuracy=per_class, confusion=conf)
+                      per_class_accuracy=per_class, confusion=conf,
+                      misclassified=tuple(int(i) for i in np.flatnonzero(pred != labels)))
 
 
 def evaluate(model, images, labels, *, batch_size=500) -> EvalResult:

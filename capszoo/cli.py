@@ -102,14 +102,14 @@ def info_cmd(name, as_json, weights, graphic):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "int8"]), default="float32", show_default=True,
               help="Inference precision (bfloat16 needs a CPU with avx512_bf16; int8 is calibrated on real digits).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "mxnet"]), default="auto", show_default=True,
-              help="Engine: auto runs up to 8 images on onnxruntime when it can (float32, one CPU, a shipped "
-                   "graph; with the published weights without importing MXNet: fast start) and larger batches "
-                   "on MXNet; onnxruntime and mxnet force one.")
+              help="Engine: auto runs the net on onnxruntime when it can (float32, one CPU, a shipped graph; "
+                   "with the published weights without importing MXNet: fast start), else on MXNet; "
+                   "onnxruntime and mxnet force one.")
 def classify_cmd(name, files, top, as_json, weights, polarity, ctx, dtype, backend):
     """Classify digit image FILES with model NAME."""
     from ._api import load
 
-    # The model's engine policy: up to 8 images on onnxruntime (no MXNet import) when it can run them.
+    # The model's engine policy: onnxruntime (no MXNet import) when it can run the net.
     model = load(name, ctx=ctx, weights=weights, dtype=dtype, backend=backend)
     results = model(list(files), prop="TopProbabilities", top=top, polarity=polarity)
     if as_json:

@@ -169,7 +169,7 @@ def collect():
     with open(os.devnull, "w") as null:
         stdout, sys.stdout = sys.stdout, null
         try:
-            code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", REPO,
+            code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0", "--rootdir", REPO,
                                 *[os.path.join(REPO, m) for m in MODULES]], plugins=[collector])
         finally:
             sys.stdout = stdout

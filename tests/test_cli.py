@@ -97,6 +97,9 @@ def test_evaluate_with_params_file(runner, seeded_weights, seeded_model, mnist_t
     assert (d["accuracy"], d["errors"]) == (want.accuracy, want.errors)
     assert d["confusion"] == want.confusion.tolist() and sum(map(sum, d["confusion"])) == 300
     assert d["errors"] == 300 - round(d["accuracy"] * 300)
+    assert d["misclassified"] == list(want.misclassified) and len(d["misclassified"]) == d["errors"]
+    pred = seeded_model.run(images[:, None].astype("float32") / 255)[0].argmax(axis=1)
+    assert d["misclassified"] == [i for i in range(300) if pred[i] != labels[i]]
 
 
 def test_bad_ctx_is_clean_error(runner, mnist_dir, tmp_path):

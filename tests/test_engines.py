@@ -53,10 +53,14 @@ def mxnet_model():
     return capszoo.load("capsnet-mnist", backend="mxnet")
 
 
-def test_auto_picks_onnxruntime_for_small_batches_only():
+def test_auto_picks_onnxruntime_at_every_batch_it_can_run(monkeypatch):
     model = capszoo.load("capsnet-mnist")
-    assert model.backend == "auto" and capszoo.ORT_MAX_BATCH == 8
+    assert model.backend == "auto" and capszoo.ORT_MAX_BATCH is None
+    assert [model.engine_for(b) for b in (1, 8, 9, 128, 10_000)] == ["onnxruntime"] * 5
+    monkeypatch.setattr(capszoo._api, "ORT_MAX_BATCH", 8)   # a cap, if one is ever measured again
     assert [model.engine_for(b) for b in (1, 8, 9, 128)] == ["onnxruntime", "onnxruntime", "mxnet", "mxnet"]
+    # what onnxruntime cannot run goes to MXNet under "auto"
+    assert capszoo.load("capsnet-mnist", ctx="cpu:0,cpu:1").engine_for(1) == "mxnet"
     forced = capszoo.load("capsnet-mnist", backend="onnxruntime")
     assert [forced.engine_for(b) for b in (1, 500)] == ["onnxruntime", "onnxruntime"]
     assert [capszoo.load("capsnet-mnist", backend="mxnet").engine_for(b) for b in (1, 500)] == ["mxnet", "mxnet"]

@@ -1,6 +1,5 @@
 """The published (bundled) weights: the card's figures checked against the real file and net."""
 import os
-import re
 
 import pytest
 
@@ -28,26 +27,6 @@ def test_bundled_file_matches_card():
     arrays = read_params(path)
     assert sum(a.size for a in arrays.values()) == CARD.num_params == 8_141_840
     assert round(CARD.weights.size_bytes / 1e6) == 33
-
-
-@published
-@pytest.mark.slow
-def test_pretrained_accuracy_is_the_cards(mnist_dir):
-    # what a user runs on a fresh clone: `capszoo evaluate capsnet-mnist --data-dir ../shared/data/mnist`.
-    # The card's figure was measured on the machine that published the weights; another CPU's float
-    # rounding (AVX2 against AVX-512 kernels) may flip a digit that lies on a decision boundary: up to 2
-    # of the 10,000 are allowed to differ (scripts/evaluate_zoo.py reports the exact count of each entry).
-    from click.testing import CliRunner
-    from capszoo.cli import main
-
-    r = CliRunner().invoke(main, ["evaluate", "capsnet-mnist", "--data-dir", str(mnist_dir)])
-    assert r.exit_code == 0, r.output
-    head = r.output.splitlines()
-    assert head[0] == f"Model: capsnet-mnist  weights: {bundled_dir() / CARD.weights.filename}"
-    errors = CARD.metrics["test_errors"]
-    assert CARD.metrics["test_accuracy"] == (10_000 - errors) / 10_000
-    got = int(re.fullmatch(r"Test accuracy: \d+\.\d\d % \([\d,]+/10,000; (\d+) errors\)", head[1]).group(1))
-    assert abs(got - errors) <= 2, (got, errors)
 
 
 @published

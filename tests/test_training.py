@@ -19,6 +19,10 @@ from capszoo.errors import CheckpointError, ContextError, RecipeError
 
 import tomllib
 
+from conftest import REFERENCE_GROUP
+
+pytestmark = REFERENCE_GROUP
+
 
 @pytest.fixture(scope="module")
 def recipe_doc():
