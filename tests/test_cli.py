@@ -82,6 +82,7 @@ def _write_mnist_test_subset(folder, images, labels):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluate_with_params_file(runner, seeded_weights, seeded_model, mnist_test, tmp_path):
     # 300 test digits: the CLI's figures are the library's, on the same weights and images (the full
     # test set through the CLI is run once, with the published weights, in test_pretrained.py)
@@ -111,6 +112,7 @@ def test_bad_ctx_is_clean_error(runner, mnist_dir, tmp_path):
     assert r.exit_code == 1 and "gpu(0) not available" in r.output
 
 
+@pytest.mark.slow
 def test_train_init_weights_and_log(runner, mnist_dir, tmp_path):
     """capszoo train --init-weights W --init-log LOG continues a finished run at the epoch after LOG's last;
     --init-log alone is a one-line error."""

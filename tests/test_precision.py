@@ -247,6 +247,7 @@ BF16_PROB_MAX = 0.02
 BF16_AGREEMENT = 0.995
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _precision.supports_bfloat16(), reason="this CPU has no native bfloat16")
 def test_bfloat16_with_published_weights(mnist_test):
     try:

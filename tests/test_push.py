@@ -541,6 +541,7 @@ def test_import_capszoo_stays_light():
 OTHER_PUBLISHED = [n for n in capszoo.list_models() if n != NAME and capszoo.get_card(n).weights is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", OTHER_PUBLISHED)
 def test_every_published_entry_round_trips_through_the_hub(name, hub, manifests, mnist_dir, tmp_path, monkeypatch):
     """Each entry with weights: pushed to the (local) Hub, then loaded by name from a fresh cache with no

@@ -115,6 +115,22 @@ def test_readme_lists_every_entry():
     assert f"the {len(capszoo.list_models())} entries" in python
 
 
+def test_readme_prose_figures_are_their_sources():
+    """The figures of the README's prose outside the generated blocks: each is its source's."""
+    import math
+    text = " ".join(_read(README).split())
+    card = capszoo.get_card("capsnet-mnist")
+    t = card.training
+    assert (f"trained longer ({t['init']['best_epoch']} epochs, then {t['best_epoch']} of fine-tuning)" in text)
+    errors = card.metrics["test_errors"]
+    assert f"e.g. ±{round(math.sqrt(errors))} errors around {round(errors, -1)}" in text
+    script = _read(os.path.join(REPO, "scripts", "make_figures.py"))
+    samples = re.search(r'"--samples", type=int, default=(\d+)', script)
+    assert f"the 16-D capsules of {samples.group(1)} test digits" in text
+    dist = _read(os.path.join(REPO, "tests", "test_distributed.py"))
+    assert "< 1e-6" in dist and "within 1e-6 of one process on the combined batches" in text
+
+
 def test_readme_quick_start_commands_are_the_ci_commands():
     """The README's test command is the one CI runs (.ci/run), and its first command classifies with the package."""
     quick = _section(README, "## Quick start")
@@ -166,96 +182,55 @@ def test_readme_pictures_are_the_figures():
     assert last <= 150, last
 
 
-#: The speed table's rows (docs/speed.md), by the bench's contender key.
-SPEED_ROWS = {
-    "capszoo fp32 (`backend=\"auto\"`: onnxruntime up to 8 images)": "capszoo-float32",
-    "capszoo fp32, MXNet only (`backend=\"mxnet\"`)": "capszoo-float32-mxnet",
-    "capszoo bf16 (`dtype=\"bfloat16\"`)": "capszoo-bfloat16",
-    "capszoo int8 (`dtype=\"int8\"`)": "capszoo-int8",
-    "PyTorch 2.13 eager fp32, as installed": "torch",
-    "PyTorch 2.13 eager fp32, glibc keeping freed memory": "torch-malloc",
-    "onnxruntime 1.31 fp32 (capszoo's export)": "onnxruntime",
-}
-#: Its ratio rows: (numerator, denominator).
-RATIO_ROWS = {
-    "**capszoo fp32 / PyTorch as installed**": ("capszoo-float32", "torch"),
-    "**capszoo fp32 / PyTorch, memory kept**": ("capszoo-float32", "torch-malloc"),
-    "**capszoo bf16 / PyTorch as installed**": ("capszoo-bfloat16", "torch"),
-    "**capszoo bf16 / PyTorch, memory kept**": ("capszoo-bfloat16", "torch-malloc"),
-    "**capszoo int8 / PyTorch as installed**": ("capszoo-int8", "torch"),
-    "**capszoo int8 / PyTorch, memory kept**": ("capszoo-int8", "torch-malloc"),
-}
-
-
-def test_docs_speed_figures_are_the_bench_results():
-    """Every figure of docs/speed.md's speed table is the results file it names (no hand-copied drift)."""
-    import json
-
-    section = _section(_doc("speed.md"), "# Speed")
-    name = re.search(r"\(`(bench/results/[0-9T-]+\.json)`\) on the project machine", section).group(1)
-    with open(os.path.join(REPO, name), encoding="utf-8") as fh:
-        res = json.load(fh)
-    inf = res["inference"]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if line.startswith("| ") and len(cells) == 4 and cells[0] in {**SPEED_ROWS, **RATIO_ROWS}:
-            rows[cells[0]] = cells[1:]
-    assert set(rows) == set(SPEED_ROWS) | set(RATIO_ROWS)
-    batches = ("1", "32", "128")
-    for label, key in SPEED_ROWS.items():
-        assert rows[label] == [f"{inf[key][b]['images_per_second']:.1f}" for b in batches], label
-    for label, (num, den) in RATIO_ROWS.items():
-        want = [f"{inf[num][b]['images_per_second'] / inf[den][b]['images_per_second']:.2f}x" for b in batches]
-        assert [c.strip("*") for c in rows[label]] == want, label
-    tr = res["training"]
-    assert (f"Training at batch 128: capszoo {tr['capszoo-float32']['images_per_second']:.1f} images/s, "
-            f"PyTorch as installed {tr['torch']['images_per_second']:.1f} "
-            f"(**{tr['capszoo-float32']['images_per_second'] / tr['torch']['images_per_second']:.2f}x**)"
-            ) in " ".join(section.split())
-    assert (f"`capszoo classify` **{res['cold_start']['capszoo classify']['seconds']:.2f} s**"
-            in " ".join(section.split()))
-    assert f"Measured fp32 peak: {res['peak']['fp32_peak_gflops']:.0f} GFLOP/s" in section
-    bench_weights = re.search(r"the weights shipped then \(`([0-9a-f]{8})`", section).group(1)
-    assert res["weights"]["sha256"].startswith(bench_weights)
-
-
-def precision_sentence(res, path):
-    """docs/speed.md's reduced-precision sentence for the bench results ``res`` (read from ``path``)."""
-    acc, cpu = res["accuracy"], res["cpu"]
-    fp32, int8 = acc["capszoo-float32"], acc["capszoo-int8"]
-
-    def figure(a):
-        errors = round(a["images"] * (1 - a["accuracy"]))
-        return f"{100 * a['accuracy']:.2f} % ({errors} errors)"
-    where = "AVX-512" if cpu["avx512"] else "AVX2 only: no AVX-512, bf16 or VNNI"
-    parts = [f"fp32 {figure(fp32)}",
-             f"int8 {figure(int8)}, {int8['accuracy_drop_points']:.2f} points lower, "
-             f"{100 * int8['argmax_agreement_with_fp32']:.2f} % of decisions agree with fp32"]
-    if "capszoo-bfloat16" in acc:
-        bf16 = acc["capszoo-bfloat16"]
-        parts.append(f"bf16 {figure(bf16)}, {100 * bf16['argmax_agreement_with_fp32']:.2f} % agree")
-    else:
-        parts.append("bf16 not measured (that CPU has no native bfloat16)")
-    return (f"With the weights shipped now (`{res['weights']['sha256'][:8]}`), on all {fp32['images']:,} test "
-            f"digits (`{path}`, {where}): " + "; ".join(parts) + ".")
-
-
-def test_readme_reduced_precision_figures_are_the_shipped_weights():
-    """docs/speed.md's int8 (and bf16) accuracy is that of the bench results file it names, measured with the
-    shipped weights on the whole test set (a weights change makes this fail until the bench is run again)."""
-    import json
-
-    section = " ".join(_section(_doc("speed.md"), "# Speed").split())
-    name = re.search(r"`(bench/results/[0-9-]+-accuracy-published\.json)`", section)
-    assert name, "docs/speed.md names no bench/results/<date>-accuracy-published.json"
-    with open(os.path.join(REPO, name.group(1)), encoding="utf-8") as fh:
-        res = json.load(fh)
+def test_speed_tables_are_the_newest_bench_run_of_the_shipped_weights():
+    """The README's speed summary and docs/speed.md's tables (generated blocks, compared with their renders by
+    test_readme_zoo_tables_are_the_cards) state the newest full bench run, made with the shipped weights;
+    here the renders are checked against that file's numbers."""
+    zt = _script("zoo_tables")
+    res = zt.bench_file()
+    assert res is not None and res["mode"] == "full"
     assert res["weights"]["sha256"] == capszoo.get_card("capsnet-mnist").weights.sha256, \
-        "the results are of other weights: run python -m bench for the shipped ones"
-    assert res["accuracy_meaningful"] and res["accuracy"]["capszoo-float32"]["images"] == 10_000
-    sentence = precision_sentence(res, name.group(1))
-    assert sentence in section, sentence
+        "the newest bench run is of other weights: run python -m bench for the shipped ones"
+    table, summary = zt.render("speed-table"), zt.render("speed")
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:] for line in table.splitlines()
+            if line.startswith("| ")}
+    for key in zt.SPEED_LABELS:
+        want = [f"{res['inference'][key][b]['images_per_second']:.1f}" for b in ("1", "32", "128")]
+        assert rows[zt.speed_label(res, key)] == want, key
+        if key != "onnxruntime":
+            assert f"| {zt.speed_label(res, key)} | {' | '.join(want)} |" in summary, key
+    inf = res["inference"]
+    assert rows["**capszoo fp32 / onnxruntime**"] == [
+        f"{inf['capszoo-float32'][b]['images_per_second'] / inf['onnxruntime'][b]['images_per_second']:.2f}x"
+        for b in ("1", "32", "128")]
+    assert set(res["setup"]["capszoo-float32"]["engines"].values()) == {"onnxruntime"}   # backend "auto" today
+    fp32 = res["accuracy"]["capszoo-float32"]
+    card = capszoo.get_card("capsnet-mnist").metrics
+    assert fp32["images"] == 10_000 and abs(round(10_000 * (1 - fp32["accuracy"])) - card["test_errors"]) <= 2
+    assert f"fp32 {100 * fp32['accuracy']:.2f} % ({round(10_000 * (1 - fp32['accuracy']))} errors)" in table
+    assert f"`capszoo classify` starts in {res['cold_start']['capszoo classify']['seconds']:.2f} s." in summary
+    mine, torch = res["training"]["capszoo-float32"], res["training"]["torch"]
+    assert f"capszoo {mine['images_per_second']:.1f} images/s, " \
+           f"{mine['images_per_second'] / torch['images_per_second']:.2f}x PyTorch as installed" in summary
+
+
+def test_speed_standing_words():
+    zt = _script("zoo_tables")
+    res = {"inference": {"a": {b: {"images_per_second": v} for b, v in zip(("1", "32", "128"), (130, 104, 99))},
+                         "b": {b: {"images_per_second": 100} for b in ("1", "32", "128")}}}
+    assert zt.standing(res, "a", "b") == "ahead at batch 1 (1.30x) and level at batch 32 and 128 (1.04x, 0.99x)"
+    assert zt.standing(res, "b", "a") == "behind at batch 1 (0.77x) and level at batch 32 and 128 (0.96x, 1.01x)"
+
+
+def test_int8_onnx_sentence_is_the_file():
+    zt = _script("zoo_tables")
+    res = zt.newest_result("onnx-int8")
+    text = zt.render("onnx-int8")
+    acc, speed = res["accuracy"], res["images_per_second"]
+    assert res["test_images"] == 10_000 and res["model"] == "capsnet-mnist"
+    assert f"{100 * acc['int8']:.2f} % against float32's {100 * acc['float32']:.2f} %" in text
+    assert f"{speed['128']['int8'] / speed['128']['float32']:.2f}x" in text
+    assert acc["float32"] == capszoo.get_card("capsnet-mnist").metrics["test_accuracy"]
 
 
 def _harden_summary():
