@@ -25,18 +25,6 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-#: The xdist group of the modules that share :func:`reference_run`, so that it is made once.
-REFERENCE_GROUP = pytest.mark.xdist_group("reference-run")
-
-
-def pytest_collection_modifyitems(config, items):
-    """``--dist loadgroup``: a module's tests run in one worker (its module fixtures are made once), the
-    modules of :data:`REFERENCE_GROUP` together."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 def _mnist_dir():
     env = os.environ.get("CAPSZOO_TEST_MNIST")
     for cand in ([env] if env else []) + [REPO.parent / "shared" / "data" / "mnist", REPO / "shared" / "data" / "mnist"]:

@@ -103,6 +103,24 @@ def test_onnxruntime_follows_changed_weights(digits):
     assert model._ort[0] is not first and model._ort[0] is model._ort[0]
 
 
+@pytest.mark.parametrize("name", [n for n in capszoo.list_models() if n != "capsnet-mnist"])
+def test_every_entry_runs_on_onnxruntime_with_mxnets_numbers(name, digits, seeded_entry_weights):
+    """Every entry ships its graph: ``auto`` runs it on onnxruntime, with MXNet's outputs (published weights,
+    else the seeded weights training starts from)."""
+    card = capszoo.get_card(name)
+    weights = None if card.weights is not None else seeded_entry_weights(name)
+    auto, mxnet = (capszoo.load(name, weights=weights, backend=b) for b in ("auto", "mxnet"))
+    x, labels = digits[0][:8], digits[1][:8]
+    assert auto.engine_for(8) == "onnxruntime"
+    got, want = auto.run(x), mxnet.run(x)
+    assert auto._ort is not None and [o.shape for o in got] == [o.shape for o in want]
+    assert len(got) == len(card.outputs)
+    diffs = [float(np.abs(g - w).max()) for g, w in zip(got, want)]
+    assert all(d <= tol for d, tol in zip(diffs, ENGINE_ATOL)), diffs
+    if card.weights is not None:
+        assert (got[0].argmax(1) == labels).mean() >= 0.875
+
+
 @pytest.mark.parametrize("kwargs,message", [
     pytest.param(dict(dtype="int8"), r"backend='onnxruntime' cannot run dtype 'int8' \(it runs float32\); use "
                  r"backend='mxnet'", marks=pytest.mark.slow),   # int8 calibrates: ~10 s

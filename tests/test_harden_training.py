@@ -48,10 +48,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REFERENCE_ARGS as ARGS, REFERENCE_GROUP, train_env as _env
+from conftest import REFERENCE_ARGS as ARGS, train_env as _env
 from harden_summary import harden
-
-pytestmark = REFERENCE_GROUP
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -32,20 +32,22 @@ def ort_net(published):
     return _ort.OnnxRuntimeNet(CARD, published)
 
 
-def test_shipped_graph_is_a_fresh_build_of_the_net():
-    shipped = _ort.runtime_graph_bytes(CARD)
-    assert shipped == _ort.build_runtime_graph(CARD), \
-        "capszoo/pretrained/capsnet-mnist.graph.onnx is stale: run scripts/make_runtime_graph.py"
+@pytest.mark.parametrize("name", capszoo.list_models())
+def test_shipped_graph_is_a_fresh_build_of_the_net(name):
+    card = capszoo.get_card(name)
+    assert card.runtime_graph == f"{name}.graph.onnx"   # every entry ships one
+    shipped = _ort.runtime_graph_bytes(card)
+    assert shipped == _ort.build_runtime_graph(card), \
+        f"capszoo/pretrained/{card.runtime_graph} is stale: run scripts/make_runtime_graph.py"
     import onnx
 
     model = onnx.load_from_string(shipped)
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer
              if t.data_location == onnx.TensorProto.EXTERNAL}
-    from capszoo.models.capsnet.net import CapsNet
     from capszoo._weights import param_shapes
-    assert inits == param_shapes(CapsNet())  # every parameter, by its .params name, without data
+    assert inits == param_shapes(card.build())  # every parameter, by its .params name, without data
     assert all(not t.raw_data for t in model.graph.initializer if t.name in inits)
-    assert [o.name for o in model.graph.output] == ["probabilities", "capsule", "reconstruction"]
+    assert [o.name for o in model.graph.output] == list(card.outputs)
     assert len(shipped) < 64_000
 
 
@@ -186,6 +188,10 @@ def test_classify_and_import_do_not_import_mxnet(digit_files):
     r = subprocess.run([sys.executable, "-c", _PROBE, "classify", "capsnet-mnist", *digit_files, "--backend", "mxnet"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "MXNET_IMPORTED", r.stderr
+    # another entry, its weights from the checkout's weights/: its own shipped graph, no MXNet either
+    r = subprocess.run([sys.executable, "-c", _PROBE, "classify", "lenet-mnist", *digit_files],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "NO_MXNET", r.stderr
 
 
 def test_lazy_public_names():

@@ -19,10 +19,6 @@ from capszoo.errors import CheckpointError, ContextError, RecipeError
 
 import tomllib
 
-from conftest import REFERENCE_GROUP
-
-pytestmark = REFERENCE_GROUP
-
 
 @pytest.fixture(scope="module")
 def recipe_doc():

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mxnet/c_api.h> /* MXNotifyShutdown */
 #include <mxnet/c_predict_api.h>
 
 #define SIDE 28
@@ -131,5 +132,9 @@ int main(int argc, char **argv) {
   check(MXPredFree(pred), "MXPredFree");
   free(probs);
   free(inputs);
+  /* Stop MXNet's engine threads before the process exits, as its Python binding does at exit:
+   * left to the static destructors, their teardown can race and abort the process
+   * ("terminate called without an active exception") after all output is written. */
+  check(MXNotifyShutdown(), "MXNotifyShutdown");
   return 0;
 }

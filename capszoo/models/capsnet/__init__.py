@@ -129,4 +129,4 @@ ENTRIES = {
 
 for _name, (_r, _d, _p, _l, _display, _aliases) in ENTRIES.items():
     register_model(_card(_name, routing=_r, decoder=_d, params=_p, layers=_l, display=_display, aliases=_aliases,
-                         runtime_graph="capsnet-mnist.graph.onnx" if _name == "capsnet-mnist" else None))
+                         runtime_graph=f"{_name}.graph.onnx"))

@@ -56,7 +56,7 @@ def _card():
                    "Recognition\", Proc. IEEE 86(11), 1998"),
         license="Apache-2.0 (code and weights); MNIST data: CC BY-SA 3.0",
         recipe="lenet-mnist", weights=weights, metrics=metrics, training=training,
-        arch="lenet", arch_args={}, tag="mnist")
+        runtime_graph="lenet-mnist.graph.onnx", arch="lenet", arch_args={}, tag="mnist")
 
 
 register_model(_card())
