@@ -116,9 +116,16 @@ def _val_errors(card):
     return log[EPOCH - 1]["val_errors"] if len(log) >= EPOCH else None
 
 
+def _speeds(entry):
+    """``"346 / 208"``: onnxruntime's and MXNet's images/s of a zoo-speed entry ("-" without one)."""
+    if not entry:
+        return "-"
+    return " / ".join(f"{entry[e]['images_per_second']:.0f}" if e in entry else "-" for e in ("onnxruntime", "mxnet"))
+
+
 def render_ablation(cards, speed):
     rows = ["| entry | routing | decoder | reconstruction loss | parameters | validation errors at epoch "
-            f"{EPOCH} | test error | images/s (batch 128) | paper | Keras |",
+            f"{EPOCH} | test error | images/s at batch 128, onnxruntime / MXNet | paper | Keras |",
             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in cards:
         r, d = c.arch_args.get("routing_iterations"), c.arch_args.get("decoder")
@@ -127,10 +134,10 @@ def render_ablation(cards, speed):
         key = (r, reco > 0) if d in ("masked", "none") else None
         val = _val_errors(c)
         test = f"{100 * (1 - c.metrics['test_accuracy']):.2f} %" if c.weights else "-"
-        ips = (speed or {}).get("entries", {}).get(c.name, {}).get("images_per_second")
+        ips = _speeds((speed or {}).get("entries", {}).get(c.name))
         rows.append(f"| `{c.name}` | {r if r else '-'} | {_DECODER.get(d, 'softmax classifier')} | "
                     f"{reco:g} | {c.num_params:,} | {val if val is not None else '-'} | {test} | "
-                    f"{f'{ips:.0f}' if ips else '-'} | {f'{PAPER[key]:.2f} %' if key else '-'} | "
+                    f"{ips} | {f'{PAPER[key]:.2f} %' if key else '-'} | "
                     f"{f'{KERAS[key]:.2f} %' if key else '-'} |")
     return "\n".join(rows)
 

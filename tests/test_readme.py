@@ -214,6 +214,20 @@ def test_speed_tables_are_the_newest_bench_run_of_the_shipped_weights():
            f"{mine['images_per_second'] / torch['images_per_second']:.2f}x PyTorch as installed" in summary
 
 
+def test_readme_engine_claim_is_the_speed_files():
+    """"Every entry's whole net runs on onnxruntime ..., faster than MXNet at every batch size": the bench
+    run (capsnet-mnist at batch 1, 32 and 128) and the zoo speed file (every entry at batch 128) say so."""
+    zt = _script("zoo_tables")
+    assert "faster than MXNet at every batch size" in " ".join(_read(README).split())
+    inf = zt.bench_file()["inference"]
+    for b in ("1", "32", "128"):
+        assert inf["capszoo-float32"][b]["images_per_second"] > inf["capszoo-float32-mxnet"][b]["images_per_second"]
+    entries = zt.speed_file()["entries"]
+    assert set(entries) == set(capszoo.list_models())
+    for name, e in entries.items():
+        assert e["onnxruntime"]["images_per_second"] > e["mxnet"]["images_per_second"], name
+
+
 def test_speed_standing_words():
     zt = _script("zoo_tables")
     res = {"inference": {"a": {b: {"images_per_second": v} for b, v in zip(("1", "32", "128"), (130, 104, 99))},
