@@ -88,6 +88,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from ._context import default_kvstore, parse_ctx
+from ._evaluate import mnist_float
 from ._io import atomic_write_json, atomic_write_text
 from ._recipe import MAX_EPOCHS
 from ._nets import as_outputs
@@ -304,17 +305,13 @@ def _shift_part(images, rng, max_shift, total, start):
     return pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _as_float(images):
-    return (images.astype(np.float32) * np.float32(1 / 255.0))[:, None, :, :]
-
-
 def predict_probabilities(net, images, *, ctx=None, batch_size=500):
     """Class probabilities ``(N,10)`` of uint8 images ``(N,28,28)`` (or float ``(N,1,28,28)``)."""
     ctx = ctx or [mx.cpu()]
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = _as_float(chunk) if chunk.dtype == np.uint8 else chunk
+        x = mnist_float(chunk) if chunk.dtype == np.uint8 else chunk
         parts = gluon.utils.split_and_load(mx.nd.array(x), ctx, even_split=False)
         out.extend(as_outputs(net(p))[0].asnumpy() for p in parts)
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
@@ -1227,7 +1224,7 @@ def _train_epoch(train_net, trainer, ema, recipe, cfg, ctxs, tr_images, tr_label
     for step in range(steps):
         # Worker r's images are part r of global batch `step`: perm[(step*W + r)*B : (step*W + r + 1)*B].
         idx = perm[step * gbatch + part:step * gbatch + part + cfg.batch_size]
-        x = _as_float(_shift_part(tr_images[idx], shift_rng, recipe.data.max_shift, gbatch, part))
+        x = mnist_float(_shift_part(tr_images[idx], shift_rng, recipe.data.max_shift, gbatch, part))
         xs = gluon.utils.split_and_load(mx.nd.array(x), ctxs, even_split=False)
         ys = gluon.utils.split_and_load(mx.nd.array(tr_labels[idx]), ctxs, even_split=False)
         outs = []
