@@ -29,20 +29,18 @@ def manifest_path(name):
 
 
 def record_misclassified(name, result):
-    """Write ``result.misclassified`` into entry ``name``'s manifest; refused when the counts differ."""
+    """Write ``result.misclassified`` into entry ``name``'s manifest (None: it has them already); refused
+    when the counts differ."""
     path = manifest_path(name)
     with open(path, encoding="utf-8") as fh:
         manifest = json.load(fh)
+    if "test_misclassified" in manifest:
+        return None
     if result.errors != manifest["metrics"]["test_errors"]:
         return f"not recorded: {result.errors} errors here against the card's {manifest['metrics']['test_errors']}"
     manifest["test_misclassified"] = list(result.misclassified)
     atomic_write_json(path, manifest)
     return f"recorded {len(result.misclassified)} misclassified digits in {os.path.basename(path)}"
-
-
-def _has_misclassified(name):
-    with open(manifest_path(name), encoding="utf-8") as fh:
-        return "test_misclassified" in json.load(fh)
 
 
 def main(argv=None):
@@ -67,8 +65,9 @@ def main(argv=None):
                       "card_errors": card.metrics["test_errors"], "difference": diff}
         print(f"{name:<26} {100 * result.accuracy:.2f} % ({result.errors} errors; card {card.metrics['test_errors']},"
               f" difference {diff:+d})", flush=True)
-        if args.record and not _has_misclassified(name):
-            print(f"{'':<26} {record_misclassified(name, result)}")
+        said = record_misclassified(name, result) if args.record else None
+        if said:
+            print(f"{'':<26} {said}")
     if args.json:
         atomic_write_json(args.json, rows)
     return 1 if worst > args.tolerance else 0
