@@ -16,8 +16,8 @@ from . import _env  # noqa: F401
 
 import numpy as np
 
-from ._registry import ModelCard, get_card
-from .errors import InvalidInputError, SubnetNotFoundError
+from ._registry import ModelCard, get_card, list_models
+from .errors import InvalidInputError, SubnetNotFoundError, WeightsFormatError
 
 __all__ = ["load", "get_model", "ZooModel", "CapsNetModel", "engine_blockers", "PROPERTIES", "VARIANTS",
            "BACKENDS", "ORT_MAX_BATCH"]
@@ -522,8 +522,29 @@ def _pretrained_net(card, ctx, weights, routing_iterations):
     ctxs = parse_ctx(ctx)
     net = card.build(**_net_kwargs(card, routing_iterations))
     path = resolve_weights(card, path=weights)
-    load_params_into(net, path, ctx=ctxs)
+    try:
+        load_params_into(net, path, ctx=ctxs)
+    except WeightsFormatError as exc:
+        if weights is None:
+            raise
+        raise WeightsFormatError(str(exc) + _entries_fitting_hint(path, card.name)) from None
     return net, path
+
+
+def _entries_fitting_hint(path, name) -> str:
+    """`` They fit <entries>: ...`` when the arrays in ``path`` have the names and shapes of other
+    entries' nets (weights of one variant given to another), else ``""``."""
+    from ._weights import param_shapes, read_params
+
+    try:
+        shapes = {k: tuple(a.shape) for k, a in read_params(path).items()}
+    except (OSError, WeightsFormatError):
+        return ""
+    fits = [n for n in list_models() if n != name and param_shapes(get_card(n).build()) == shapes]
+    if not fits:
+        return ""
+    return (f" They have the names and shapes of {' and '.join(fits)}: "
+            f"load them with capszoo.load({fits[0]!r}, weights=...).")
 
 
 def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="float32",

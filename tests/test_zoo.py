@@ -197,15 +197,26 @@ def test_unpublished_entry_says_how_to_get_weights():
         capszoo.load(name)
 
 
-@pytest.mark.parametrize("given,target", [("capsnet-mnist-masked", "capsnet-mnist-noreco"),
-                                          ("capsnet-mnist-noreco", "capsnet-mnist"),
-                                          ("lenet-mnist", "capsnet-mnist-deconv")])
-def test_weights_of_another_entry_are_refused(given, target, seeded_entry_weights):
+@pytest.mark.parametrize("given,target,fits", [
+    ("capsnet-mnist-masked", "capsnet-mnist-noreco", "capsnet-mnist-masked and capsnet-mnist-r1-masked"),
+    ("capsnet-mnist-noreco", "capsnet-mnist", "capsnet-mnist-noreco and capsnet-mnist-r1-noreco"),
+    ("capsnet-mnist-r1-noreco", "capsnet-mnist-noreco", None),   # same arrays: routing is not a weight
+    ("lenet-mnist", "capsnet-mnist-deconv", "lenet-mnist")])
+@pytest.mark.parametrize("backend", ["mxnet", "auto"])
+def test_weights_of_another_entry_are_refused(given, target, fits, backend, seeded_entry_weights):
+    if fits is None:   # the same arrays: the target's net runs them with its own routing
+        x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+        a = capszoo.load(target, weights=seeded_entry_weights(given), backend=backend)
+        b = capszoo.load(given, weights=seeded_entry_weights(given), backend="mxnet", routing_iterations=3)
+        np.testing.assert_allclose(a(x, prop="Capsule"), b(x, prop="Capsule"), atol=2e-6)
+        return
     with pytest.raises(WeightsFormatError) as e:
-        capszoo.load(target, weights=seeded_entry_weights(given), backend="mxnet")
+        capszoo.load(target, weights=seeded_entry_weights(given), backend=backend)
     msg = str(e.value)
     assert "Traceback" not in msg and len(msg) < 2000
     assert re.search(r"(missing|unexpected|shape)", msg), msg
+    assert msg.endswith(f"They have the names and shapes of {fits}: load them with "
+                        f"capszoo.load({fits.split()[0]!r}, weights=...)."), msg
 
 
 # -- routing ------------------------------------------------------------------------------------
