@@ -292,3 +292,27 @@ def test_hardening_json_is_the_collected_tests():
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(hs.JSON_PATH, encoding="utf-8") as fh:
         assert json.loads(proc.stdout) == json.load(fh), "stale: run python tests/harden_summary.py --write"
+
+
+def _runs_of(card):
+    """``(training record, validation accuracy)`` of each run behind a card's weights."""
+    runs = [(card.training, card.metrics["val_accuracy"])]
+    if "init" in card.training:
+        runs.append((card.training["init"], card.training["init"]["val_accuracy"]))
+    return runs
+
+
+@pytest.mark.parametrize("name", [n for n in capszoo.list_models() if capszoo.get_card(n).weights is not None])
+def test_training_table_figures_are_the_logs(name):
+    """docs/training.md's rows (the cards' training records) agree with the per-epoch logs in recipes/:
+    epochs, wall time, mean training speed, and the selected epoch is the best on validation."""
+    zt = _script("zoo_tables")
+    for t, val in _runs_of(capszoo.get_card(name)):
+        log = zt.read_log(t["recipe"])
+        assert t["epochs_run"] == len(log) > 0, t["recipe"]
+        assert t["wall_time_hours"] == round(sum(m["epoch_seconds"] for m in log) / 3600, 2)
+        assert t["train_images_per_second"] == round(sum(m["images_per_second"] for m in log) / len(log), 1)
+        best = max(m["val_accuracy"] for m in log)
+        assert val == best == log[t["best_epoch"] - 1]["val_accuracy"], t["recipe"]
+        assert all(m["val_accuracy"] < best for m in log[:t["best_epoch"] - 1])   # the first epoch that reached it
+    assert f"| `{name}` | `{capszoo.get_card(name).training['recipe']}` |" in _read(zt.TRAINING_DOC)
