@@ -24,7 +24,7 @@ import fnmatch
 import importlib
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from .errors import ModelNotFoundError
+from .errors import InvalidInputError, ModelNotFoundError
 
 __all__ = ["ModelCard", "WeightsSource", "Family", "register_model", "register_family", "get_family",
            "get_card", "list_models", "model_cards", "resolve_callable"]
@@ -271,8 +271,12 @@ def get_card(name: str) -> ModelCard:
     return card
 
 
-def list_models(pattern: str = "*") -> list:
-    """Names of the registered models matching a shell-style ``pattern`` (case-insensitive)."""
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list:
+    """Names of the registered models matching a shell-style ``pattern`` (case-insensitive, names and
+    aliases); with ``pretrained=True`` only those with published weights (as in timm)."""
+    if not isinstance(pattern, str):
+        raise InvalidInputError(f"pattern must be a string such as 'capsnet-*', got {type(pattern).__name__}")
     return [c.name for c in model_cards()
-            if fnmatch.fnmatch(c.name.lower(), pattern.lower())
-            or any(fnmatch.fnmatch(a.lower(), pattern.lower()) for a in c.aliases)]
+            if (fnmatch.fnmatch(c.name.lower(), pattern.lower())
+                or any(fnmatch.fnmatch(a.lower(), pattern.lower()) for a in c.aliases))
+            and (c.weights is not None or not pretrained)]

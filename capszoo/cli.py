@@ -35,12 +35,16 @@ def main():
 
 @main.command("list")
 @click.argument("pattern", required=False, default="*")
+@click.option("--pretrained", is_flag=True, help="Only the models with published weights.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_cmd(pattern, as_json):
+def list_cmd(pattern, pretrained, as_json):
     """List the models (optionally matching a shell PATTERN)."""
     from ._registry import get_card, list_models
 
-    names = list_models(pattern)
+    names = list_models(pattern, pretrained=pretrained)
+    if not names and not as_json:
+        what = "model with published weights" if pretrained else "model"
+        raise click.ClickException(f"no {what} matches {pattern!r}; run `capszoo list` to see all models")
     if as_json:
         click.echo(json.dumps([get_card(n).to_dict() for n in names], indent=2, default=str))
         return

@@ -135,5 +135,11 @@ def test_card_figures():
     assert capszoo.list_models("caps*") == capsnets
     assert capszoo.list_models("LeNet Trained*") == ["lenet-mnist"]   # aliases match too
     assert capszoo.list_models("resnet*") == []
+    published = [n for n in capsnets + ["lenet-mnist"] if capszoo.get_card(n).weights is not None]
+    assert capszoo.list_models(pretrained=True) == published
+    assert "capsnet-mnist" in published
+    assert capszoo.list_models("lenet*", pretrained=True) == ["lenet-mnist"]
+    with pytest.raises(capszoo.errors.InvalidInputError, match="pattern must be a string"):
+        capszoo.list_models(3)
     d = card.to_dict()
     assert d["num_params"] == 8_141_840 and "builder" not in d

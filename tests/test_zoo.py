@@ -54,6 +54,11 @@ def test_the_zoo_lists_every_entry():
             assert f"test accuracy {100 * card.metrics['test_accuracy']:.2f} %" in row
         else:
             assert "weights: not published yet" in row
+    res = cli("list", "--pretrained")
+    assert res.exit_code == 0
+    assert [r.split()[0] for r in res.output.splitlines()] == [n for n in ENTRIES if capszoo.get_card(n).weights]
+    res = cli("list", "resnet*")
+    assert res.exit_code == 1 and "Error: no model matches 'resnet*'; run `capszoo list`" in res.output
 
 
 @pytest.mark.parametrize("name", ENTRIES)
