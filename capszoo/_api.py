@@ -16,6 +16,7 @@ from . import _env  # noqa: F401
 
 import numpy as np
 
+from ._hubrepo import card_for
 from ._registry import ModelCard, get_card, list_models
 from .errors import InvalidInputError, SubnetNotFoundError, WeightsFormatError
 
@@ -499,7 +500,7 @@ def get_model(name, *, pretrained=True, ctx=None, weights=None, routing_iteratio
     routing_iterations : int, optional
         CapsNets: override the routing iterations (the weights do not depend on it).
     """
-    card = get_card(name)
+    card = card_for(name)
     if not pretrained and weights is None:
         return card.build(**_net_kwargs(card, routing_iterations))
     return _pretrained_net(card, ctx, weights, routing_iterations)[0]
@@ -588,7 +589,7 @@ def load(name, variant: Optional[str] = None, *, ctx=None, weights=None, dtype="
     WeightsNotAvailableError
         No verified weights could be found.
     """
-    card = get_card(name)
+    card = card_for(name)
     if variant is not None and variant not in VARIANTS:
         raise InvalidInputError(f"unknown variant {variant!r}; use one of: {', '.join(VARIANTS)}")
     _check_dtype(dtype)

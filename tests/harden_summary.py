@@ -41,7 +41,7 @@ END = "<!-- capszoo:hardening end -->"
 #: The modules whose collection the summary reads.
 MODULES = ["tests/test_harden_weights.py", "tests/test_harden_files.py", "tests/test_harden_training.py",
            "tests/test_preprocess.py", "tests/test_data_mnist.py", "tests/test_hub.py", "tests/test_training.py",
-           "tests/test_export.py", "tests/test_cli_export.py"]
+           "tests/test_export.py", "tests/test_cli_export.py", "tests/test_push.py"]
 
 #: The table's rows, in order, each with what its inputs are.
 GROUPS = {
@@ -54,7 +54,7 @@ GROUPS = {
                      "a folder under a file, kill -9",
     "images and arrays": "image files and arrays given to the encoder",
     "MNIST files": "idx files and download mirrors",
-    "Hub downloads": "faults of the Hugging Face Hub and of its cache",
+    "Hub downloads": "faults of the Hugging Face Hub and of its cache; bad `hf-hub:` names and repositories",
     "contexts and options": "device contexts and export options",
 }
 
@@ -71,6 +71,8 @@ EXISTING = [
     (r"tests/test_hub\.py::test_(flipped_byte|truncated_body|missing_file|repository_not_found|revision_not_found"
      r"|server_error|missing_hub_headers|connection_refused|stalled|offline_with_empty|corrupted_cached"
      r"|poisoned|unwritable|bundled_copy_with_wrong|user_path_missing)", "Hub downloads", "resolve_weights"),
+    (r"tests/test_push\.py::test_(bad_hub_names_and_repositories\[|hub_weights_that_differ|hub_names_offline)",
+     "Hub downloads", "capszoo.load('hf-hub:...')"),
     (r"tests/test_training\.py::test_recipe_validation\[", "training", "parse_recipe"),
     (r"tests/test_training\.py::test_parse_ctx_errors\[", "contexts and options", "parse_ctx"),
     (r"tests/test_export\.py::test_unknown_operator_is_refused\[", "graphs", "export (unknown operator)"),

@@ -562,3 +562,101 @@ def test_every_published_entry_round_trips_through_the_hub(name, hub, manifests,
     pushed = capszoo.load(name, weights=str(tmp_path / "build" / card.weights.filename), backend="mxnet").run(x)
     assert len(by_name) == len(card.outputs)
     assert all(np.array_equal(a, b) for a, b in zip(by_name, pushed))
+
+
+# ---------------------------------------------------------------------------------------------
+# A repository as a model name: hf-hub:owner/name[@revision]
+# ---------------------------------------------------------------------------------------------
+
+def _become_fresh_user(tmp_path, monkeypatch):
+    """From here on: a user with an empty Hugging Face cache (returned), no token, no bundled copy and no
+    checkout copy."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "fresh-hf"))
+    monkeypatch.delenv("HF_TOKEN")
+    empty = tmp_path / "no-bundled"
+    empty.mkdir()
+    monkeypatch.setattr(_hub, "bundled_dir", lambda: empty)
+    monkeypatch.setattr(_hub, "checkout_weights_dir", lambda: None)
+    return tmp_path / "fresh-hf"
+
+
+@pytest.fixture
+def fresh_user(hub, tmp_path, monkeypatch):
+    return _become_fresh_user(tmp_path, monkeypatch)
+
+
+def test_a_pushed_repository_loads_by_its_hub_name(built, card, hub, manifests, mnist_dir, tmp_path, monkeypatch):
+    res = push(built, card, mnist_dir, repo_id="someone/my-capsnet", revision="v1")
+    fresh_user = _become_fresh_user(tmp_path, monkeypatch)
+    x = digits(mnist_dir, 16)
+    want = outputs_of(str(built.folder / card.weights.filename), x)
+    for name in ("hf-hub:someone/my-capsnet@v1", "hf-hub:someone/my-capsnet", f"HF-HUB:someone/my-capsnet@{res.commit}"):
+        model = capszoo.load(name, backend="mxnet")
+        assert model.card.name == NAME and model.card.weights.hf_revision == res.commit
+        assert model.card.metrics["test_accuracy"] == card.metrics["test_accuracy"]
+        assert pathlib.Path(model.weights_path).resolve().is_relative_to(fresh_user.resolve())
+        got = [np.asarray(o) for o in model.run(x) if o is not None]
+        assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert hub.count("GET", "/cdn/") == 1 + 1      # the weights once, the config once (one commit)
+    # the default engine, and offline from the cache now
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.requests.clear()
+    model = capszoo.load("hf-hub:someone/my-capsnet@v1")
+    assert model(x[:4], prop="Decision") == capszoo.load(NAME, weights=str(built.folder / card.weights.filename),
+                                                          backend="mxnet")(x[:4], prop="Decision")
+    assert hub.requests == []
+    from click.testing import CliRunner
+    from capszoo.cli import main
+
+    seven = str(pathlib.Path(__file__).resolve().parent.parent / "examples" / "digits" / "seven-mnist.png")
+    r = CliRunner().invoke(main, ["classify", "hf-hub:someone/my-capsnet@v1", seven])
+    assert r.exit_code == 0 and r.output.split()[:2] == [seven, "7"], r.output
+
+
+def _repo_with(hub, repo_id, config=None, weights=None):
+    if config is not None:
+        hub.add_file(repo_id, "config.json", json.dumps(config).encode())
+    if weights is not None:
+        hub.add_file(repo_id, *weights)
+
+
+@pytest.mark.parametrize("name,error,says", [
+    ("hf-hub:", InvalidInputError, "is not a Hub model name: use 'hf-hub:owner/name'"),
+    ("hf-hub:capsnet-mnist", InvalidInputError, "is not a Hub model name"),
+    ("hf-hub:a/b/c", InvalidInputError, "is not a Hub model name"),
+    ("hf-hub:me/x@", InvalidInputError, "is not a Hub model name"),
+    ("hf-hub:me/x@../main", InvalidInputError, "is not a Hub model name"),
+    ("hf-hub:someone/missing", capszoo.errors.WeightsNotAvailableError,
+     "cannot read config.json of hf-hub:someone/missing@main: 404 Repository Not Found; check the repository id"),
+    ("hf-hub:someone/not-capszoo", InvalidInputError,
+     "hf-hub:someone/not-capszoo is not a capszoo repository (its config.json says library_name 'timm')"),
+    ("hf-hub:someone/future", ModelNotFoundError,
+     "holds capszoo model 'capsnet-cifar10', which this capszoo does not know: upgrade capszoo"),
+    ("hf-hub:someone/no-weights", InvalidInputError, "has no usable \"weights\" record"),
+    ("hf-hub:someone/broken-json", InvalidInputError, "config.json of hf-hub:someone/broken-json is not a capszoo config"),
+])
+def test_bad_hub_names_and_repositories(name, error, says, hub, fresh_user):
+    _repo_with(hub, "someone/not-capszoo", {"library_name": "timm", "architecture": "resnet50"})
+    _repo_with(hub, "someone/future", {"library_name": "capszoo", "model": "capsnet-cifar10"})
+    _repo_with(hub, "someone/no-weights", {"library_name": "capszoo", "model": NAME, "weights": {"params": "../x"}})
+    hub.add_file("someone/broken-json", "config.json", b"{not json")
+    with pytest.raises(error) as e:
+        capszoo.load(name)
+    assert says in str(e.value), str(e.value)
+
+
+def test_hub_weights_that_differ_from_their_config_are_refused(built, card, hub, fresh_user):
+    config = json.loads((built.folder / "config.json").read_text())
+    data = bytearray((built.folder / card.weights.filename).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    _repo_with(hub, "someone/tampered", config, (card.weights.filename, bytes(data)))
+    with pytest.raises(capszoo.errors.WeightsIntegrityError, match=f"expected {card.weights.sha256}"):
+        capszoo.load("hf-hub:someone/tampered")
+    assert not list(fresh_user.rglob(card.weights.filename))   # the bad copy is not kept
+
+
+def test_hub_names_offline_without_a_cached_copy(hub, fresh_user, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(capszoo.errors.WeightsNotAvailableError, match="offline mode is on .* unset HF_HUB_OFFLINE"):
+        capszoo.load("hf-hub:someone/my-capsnet@v1")
+    assert hub.requests == []
