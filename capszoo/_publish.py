@@ -563,6 +563,7 @@ def _usage(card, exports):
 import capszoo
 model = capszoo.load("{card.name}")   # these weights, by name, sha256-checked
 model("digit.png")                    # the class; prop="Probabilities" for all of them
+model = capszoo.load("hf-hub:{repo}@{rev}")   # this repository and revision, by its Hub name
 ```
 
 ### Command line

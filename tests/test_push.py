@@ -208,6 +208,7 @@ def test_readme_is_a_model_card_the_hub_client_parses(built, card):
                     "### onnxruntime", "## Training", "## Evaluation", "## Limitations", "## Citation"):
         assert heading in body, heading
     assert f'capszoo.load("{NAME}")' in body and f"capszoo classify {NAME}" in body
+    assert f'capszoo.load("hf-hub:{card.weights.hf_repo_id}@{card.weights.hf_revision}")' in body
     assert "mxnet/capsnet-mnist-symbol.json" in body and "onnx/capsnet-mnist.onnx" in body
     assert card.training["recipe"] in body and card.training["selection"] in body
     assert "99.61 %" in body and "(39 errors in 10,000)" in body
