@@ -68,7 +68,8 @@ def hub_card(name, *, cache_dir=None, timeout=None):
 
     It is the registered entry named by the repository's ``config.json``, with ``weights`` pointing
     at the repository's weights file (its sha256 from that config) at the commit the config was read
-    from, and ``metrics`` from the config.
+    from, ``metrics`` from the config, and the entry's ``training`` record only when the weights are
+    its published ones (the same sha256).
 
     Raises
     ------
@@ -161,5 +162,8 @@ def _card_from_config(config, repo_id, commit, name):
     metrics = config.get("metrics") if isinstance(config.get("metrics"), dict) else {}
     ws = WeightsSource(filename=w["params"], sha256=w["sha256"], size_bytes=w["size_bytes"], hf_repo_id=repo_id,
                        hf_revision=commit, bundled=False)
+    # the registered card's training record describes its own weights only
+    same = card.weights is not None and card.weights.sha256 == ws.sha256
     return dataclasses.replace(card, weights=ws, metrics={k: v for k, v in metrics.items()
-                                                          if isinstance(v, (int, float))})
+                                                          if isinstance(v, (int, float))},
+                               training=dict(card.training) if same else {})

@@ -595,6 +595,7 @@ def test_a_pushed_repository_loads_by_its_hub_name(built, card, hub, manifests, 
         model = capszoo.load(name, backend="mxnet")
         assert model.card.name == NAME and model.card.weights.hf_revision == res.commit
         assert model.card.metrics["test_accuracy"] == card.metrics["test_accuracy"]
+        assert model.card.training == card.training     # the entry's own weights: its training record
         assert pathlib.Path(model.weights_path).resolve().is_relative_to(fresh_user.resolve())
         got = [np.asarray(o) for o in model.run(x) if o is not None]
         assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, want))
@@ -653,6 +654,15 @@ def test_hub_weights_that_differ_from_their_config_are_refused(built, card, hub,
     _repo_with(hub, "someone/tampered", config, (card.weights.filename, bytes(data)))
     with pytest.raises(capszoo.errors.WeightsIntegrityError, match=f"expected {card.weights.sha256}"):
         capszoo.load("hf-hub:someone/tampered")
+    # other weights (a config naming another file and sha256): the card keeps no training record of the entry's
+    other = dict(config, weights=dict(config["weights"], params="mine.params", sha256="ab" * 32),
+                 metrics={"test_accuracy": 0.5, "note": "text is dropped"})
+    _repo_with(hub, "someone/other-weights", other)
+    from capszoo._hubrepo import hub_card
+    theirs = hub_card("hf-hub:someone/other-weights")
+    assert theirs.name == NAME and theirs.training == {} and theirs.metrics == {"test_accuracy": 0.5}
+    assert (theirs.weights.filename, theirs.weights.sha256, theirs.weights.hf_repo_id) == (
+        "mine.params", "ab" * 32, "someone/other-weights")
     assert not list(fresh_user.rglob(card.weights.filename))   # the bad copy is not kept
 
 
