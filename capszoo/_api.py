@@ -518,29 +518,27 @@ def _pretrained_net(card, ctx, weights, routing_iterations):
     """``(net, weights path)``: the card's net with verified weights loaded on ``ctx``."""
     from ._context import parse_ctx
     from ._hub import resolve_weights
-    from ._weights import load_params_into
+    from ._weights import load_arrays_into, read_params
 
     ctxs = parse_ctx(ctx)
     net = card.build(**_net_kwargs(card, routing_iterations))
     path = resolve_weights(card, path=weights)
+    arrays = read_params(path)
     try:
-        load_params_into(net, path, ctx=ctxs)
+        load_arrays_into(net, arrays, ctx=ctxs, source=f"weights {os.fspath(path)}")
     except WeightsFormatError as exc:
         if weights is None:
             raise
-        raise WeightsFormatError(str(exc) + _entries_fitting_hint(path, card.name)) from None
+        raise WeightsFormatError(str(exc) + _entries_fitting_hint(arrays, card.name)) from None
     return net, path
 
 
-def _entries_fitting_hint(path, name) -> str:
-    """`` They fit <entries>: ...`` when the arrays in ``path`` have the names and shapes of other
-    entries' nets (weights of one variant given to another), else ``""``."""
-    from ._weights import param_shapes, read_params
+def _entries_fitting_hint(arrays, name) -> str:
+    """`` They fit <entries>: ...`` when ``arrays`` have the names and shapes of other entries' nets
+    (weights of one variant given to another), else ``""``."""
+    from ._weights import param_shapes
 
-    try:
-        shapes = {k: tuple(a.shape) for k, a in read_params(path).items()}
-    except (OSError, WeightsFormatError):
-        return ""
+    shapes = {k: tuple(a.shape) for k, a in arrays.items()}
     fits = [n for n in list_models() if n != name and param_shapes(get_card(n).build()) == shapes]
     if not fits:
         return ""

@@ -46,6 +46,7 @@ import time
 from typing import List, Optional
 
 from .errors import CacheError, InvalidInputError, WeightsIntegrityError, WeightsNotAvailableError
+from ._hubrepo import SHA256_HEX, is_repo_id, is_revision
 from ._weights import sha256_file
 
 __all__ = ["resolve_weights", "bundled_dir", "checkout_weights_dir", "hub_cache_dir", "hub_endpoint", "hub_offline"]
@@ -55,9 +56,6 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Seconds to wait for the Hub when neither ``timeout`` nor ``HF_HUB_DOWNLOAD_TIMEOUT`` says.
 DEFAULT_TIMEOUT = 10.0
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_REVISION = re.compile(r"[A-Za-z0-9._/-]+")
 _LIBRARY_NAME = "capszoo"
 
 
@@ -208,19 +206,14 @@ def _check_filename(name, filename):
 
 def _check_source(name, ws):
     _check_filename(name, ws.filename)
-    if not isinstance(ws.sha256, str) or not _SHA256.fullmatch(ws.sha256):
+    if not isinstance(ws.sha256, str) or not SHA256_HEX.fullmatch(ws.sha256):
         raise InvalidInputError(f"sha256 {ws.sha256!r} of model {name!r} is not 64 hex digits")
-    repo = ws.hf_repo_id
-    parts = repo.split("/") if isinstance(repo, str) else []
-    if not (1 <= len(parts) <= 2 and all(_REPO_PART.fullmatch(p) for p in parts)
-            and ".." not in repo and "--" not in repo and len(repo) <= 96):
-        raise InvalidInputError(f"hf_repo_id {repo!r} of model {name!r} is not a Hub repository id "
+    if not is_repo_id(ws.hf_repo_id):
+        raise InvalidInputError(f"hf_repo_id {ws.hf_repo_id!r} of model {name!r} is not a Hub repository id "
                                 "('owner/name' of letters, digits, '.', '_' and '-')")
-    rev = ws.hf_revision
-    if not (isinstance(rev, str) and _REVISION.fullmatch(rev) and ".." not in rev.split("/")
-            and not rev.startswith("/") and not rev.endswith("/") and "//" not in rev
-            and "." not in rev.split("/") and len(rev) <= 255):
-        raise InvalidInputError(f"hf_revision {rev!r} of model {name!r} is not a branch, tag or commit name")
+    if not is_revision(ws.hf_revision):
+        raise InvalidInputError(f"hf_revision {ws.hf_revision!r} of model {name!r} is not a branch, tag or "
+                                "commit name")
 
 
 def _user_path(path) -> str:
@@ -659,7 +652,7 @@ def _safetensors_alternate(card, ws):
     files = record["files"]
     mine, alt = files.get(ws.filename), files.get(SAFETENSORS_NAME)
     if not (isinstance(mine, dict) and isinstance(alt, dict) and mine.get("sha256") == ws.sha256
-            and isinstance(alt.get("sha256"), str) and _SHA256.fullmatch(alt["sha256"])
+            and isinstance(alt.get("sha256"), str) and SHA256_HEX.fullmatch(alt["sha256"])
             and isinstance(alt.get("size"), int)):
         return None
     import dataclasses

@@ -23,16 +23,19 @@ import re
 
 from .errors import InvalidInputError, ModelNotFoundError, WeightsNotAvailableError
 
-__all__ = ["HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_card", "card_for"]
+__all__ = ["HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_card", "card_for", "pinned_card", "is_repo_id", "is_revision",
+           "SHA256_HEX", "COMMIT_ID"]
 
 #: The prefix that makes a model name a Hub repository.
 HUB_PREFIX = "hf-hub:"
 #: Largest config.json read (capszoo writes about 5 kB).
 MAX_CONFIG_BYTES = 1 << 20
+#: A sha256 digest as the Hub and capszoo's manifests write it (64 hex digits; compare lowercased).
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+#: A git commit id as the Hub reports it.
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 _PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _FORM = "'hf-hub:owner/name' or 'hf-hub:owner/name@revision' (a tag, branch or commit)"
 _CARDS = {}   # (repo_id, revision, endpoint, cache) -> card, for the life of the process
 
@@ -40,6 +43,22 @@ _CARDS = {}   # (repo_id, revision, endpoint, cache) -> card, for the life of th
 def is_hub_name(name) -> bool:
     """True when ``name`` is a string starting with ``hf-hub:`` (any case)."""
     return isinstance(name, str) and name[:len(HUB_PREFIX)].lower() == HUB_PREFIX
+
+
+def is_repo_id(repo_id) -> bool:
+    """True when ``repo_id`` is a Hub model repository id ``owner/name`` (letters, digits, '.', '_', '-';
+    starting with a letter or digit, not ending with '.' or '-', no '..' or '--', owner at most 42 and
+    name at most 96 characters)."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    return (len(parts) == 2 and all(_PART.fullmatch(p) for p in parts) and ".." not in repo_id
+            and "--" not in repo_id and len(parts[0]) <= 42 and len(parts[1]) <= 96)
+
+
+def is_revision(revision) -> bool:
+    """True when ``revision`` can name a branch, tag or commit: letters, digits, '.', '_', '-' and '/',
+    starting with a letter or digit, no empty, '.' or '..' path part, at most 255 characters."""
+    return (isinstance(revision, str) and _REVISION.fullmatch(revision) is not None and ".." not in revision
+            and all(p not in ("", ".") for p in revision.split("/")) and len(revision) <= 255)
 
 
 def parse_hub_name(name):
@@ -52,12 +71,8 @@ def parse_hub_name(name):
     """
     spec = name[len(HUB_PREFIX):].strip() if is_hub_name(name) else None
     repo_id, _, revision = (spec or "").partition("@")
-    parts = repo_id.split("/")
     revision = revision if "@" in (spec or "") else "main"
-    ok = (len(parts) == 2 and all(_PART.fullmatch(p) for p in parts) and ".." not in repo_id
-          and "--" not in repo_id and len(repo_id) <= 96 and _REVISION.fullmatch(revision)
-          and ".." not in revision and not revision.endswith("/") and "//" not in revision and len(revision) <= 255)
-    if not ok:
+    if not (is_repo_id(repo_id) and is_revision(revision)):
         raise InvalidInputError(f"{name!r} is not a Hub model name: use {_FORM}, e.g. "
                                 "hf-hub:capszoo/capsnet-mnist-masked")
     return repo_id, revision
@@ -84,9 +99,10 @@ def hub_card(name, *, cache_dir=None, timeout=None):
 
     repo_id, revision = parse_hub_name(name)
     key = (repo_id, revision, hub_endpoint(), os.path.abspath(hub_cache_dir(cache_dir)))
-    if key not in _CARDS or not _COMMIT.fullmatch(revision):   # a branch or tag may move: read it again
+    if key not in _CARDS or not COMMIT_ID.fullmatch(revision):   # a branch or tag may move: read it again
         path, commit = _download_config(repo_id, revision, cache=key[3], timeout=timeout)
         _CARDS[key] = _card_from_config(_read_config(path, name), repo_id, commit, name)
+        _CARDS[(repo_id, commit) + key[2:]] = _CARDS[key]   # the same card by its commit, read no more
     return _CARDS[key]
 
 
@@ -95,6 +111,19 @@ def card_for(name):
     from ._registry import get_card
 
     return hub_card(name) if is_hub_name(name) else get_card(name)
+
+
+def pinned_card(name):
+    """``(card, name)``: the card of a model name (:func:`card_for`) and a name that loads exactly it.
+
+    A Hub name comes back pinned to the commit its config.json was just read from, so that loading it
+    reads nothing more from the Hub and gets the same weights even if a branch or tag moves meanwhile;
+    any other name comes back as given.
+    """
+    card = card_for(name)
+    if is_hub_name(name):
+        name = f"{HUB_PREFIX}{card.weights.hf_repo_id}@{card.weights.hf_revision}"
+    return card, name
 
 
 def _download_config(repo_id, revision, *, cache, timeout):
@@ -121,7 +150,7 @@ def _download_config(repo_id, revision, *, cache, timeout):
             remedy = f"check your network connection and HF_ENDPOINT ({hub_endpoint()}) and try again"
         raise WeightsNotAvailableError(f"cannot read config.json of {label}: {reason}; {remedy}") from None
     commit = os.path.basename(os.path.dirname(path))
-    if not _COMMIT.fullmatch(commit):
+    if not COMMIT_ID.fullmatch(commit):
         raise WeightsNotAvailableError(f"config.json of {label} was not stored under a commit id ({path}); "
                                        "clear that repository from the Hugging Face cache and try again")
     return path, commit
@@ -154,13 +183,14 @@ def _card_from_config(config, repo_id, commit, name):
                                  "upgrade capszoo (pip install -U capszoo)") from None
     w = config.get("weights")
     ok = (isinstance(w, dict) and isinstance(w.get("params"), str) and _PART.fullmatch(w["params"])
-          and isinstance(w.get("sha256"), str) and _SHA256.fullmatch(w["sha256"])
+          and isinstance(w.get("sha256"), str) and SHA256_HEX.fullmatch(w["sha256"])
           and isinstance(w.get("size_bytes"), int) and w["size_bytes"] > 0)
     if not ok:
         raise InvalidInputError(f"config.json of {name} has no usable \"weights\" record (params file name, "
                                 "sha256, size_bytes); push the entry again with `capszoo push`")
     metrics = config.get("metrics") if isinstance(config.get("metrics"), dict) else {}
-    ws = WeightsSource(filename=w["params"], sha256=w["sha256"], size_bytes=w["size_bytes"], hf_repo_id=repo_id,
+    ws = WeightsSource(filename=w["params"], sha256=w["sha256"].lower(), size_bytes=w["size_bytes"],
+                       hf_repo_id=repo_id,
                        hf_revision=commit, bundled=False)
     # the registered card's training record describes its own weights only
     same = card.weights is not None and card.weights.sha256 == ws.sha256

@@ -55,6 +55,7 @@ import shutil
 import tempfile
 from typing import Callable, Dict, Optional
 
+from ._hubrepo import COMMIT_ID, is_repo_id
 from ._io import atomic_path, atomic_write_json, atomic_write_text
 from .errors import InvalidInputError, PublishError
 
@@ -73,9 +74,7 @@ VERIFY_ATOL_RECONSTRUCTION = 5e-5
 #: The entry whose pictures ``scripts/make_figures.py`` draws into ``docs/figures`` itself;
 #: any other entry's live in ``docs/figures/<name>/``.
 _FIGURES_ROOT_ENTRY = "capsnet-mnist"
-_OWNER_OR_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _HF_LICENSES = {"apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-3.0",
                 "cc-by-sa-4.0", "cc-by-nc-4.0", "gpl-3.0", "lgpl-3.0", "mpl-2.0", "unlicense", "openrail"}
 _NETWORK_ERRORS = {"ConnectError", "ConnectionError", "NetworkError", "RemoteProtocolError", "ReadError",
@@ -190,10 +189,7 @@ def default_out_dir(name, sha256) -> pathlib.Path:
 
 def check_repo_id(repo_id) -> str:
     """``repo_id`` when it is a Hub model repository id ``owner/name``; else InvalidInputError."""
-    parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    ok = (len(parts) == 2 and all(_OWNER_OR_NAME.fullmatch(p) for p in parts)
-          and ".." not in repo_id and "--" not in repo_id and len(parts[1]) <= 96 and len(parts[0]) <= 42)
-    if not ok:
+    if not is_repo_id(repo_id):
         raise InvalidInputError(
             f"repository id {repo_id!r} is not 'owner/name': pass --repo-id as your user or organization name, "
             "a slash and the repository name, of letters, digits, '.', '_' and '-' (e.g. capszoo/capsnet-mnist)")
@@ -203,7 +199,7 @@ def check_repo_id(repo_id) -> str:
 def check_tag(tag) -> str:
     """``tag`` when it can name a Hub tag; else InvalidInputError."""
     ok = (isinstance(tag, str) and _TAG.fullmatch(tag) is not None and len(tag) <= 128 and ".." not in tag
-          and not tag.endswith((".", ".lock")) and tag not in ("main", "HEAD") and not _COMMIT.fullmatch(tag))
+          and not tag.endswith((".", ".lock")) and tag not in ("main", "HEAD") and not COMMIT_ID.fullmatch(tag))
     if not ok:
         raise InvalidInputError(
             f"revision {tag!r} cannot name a tag: use letters, digits, '.', '_' and '-', starting with a letter "

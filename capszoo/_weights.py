@@ -205,11 +205,16 @@ def check_params(arrays, expected_shapes, *, source="weights"):
 def load_params_into(net, path, *, ctx=None):
     """Validate the weights file at ``path`` (``.params``, or ``.safetensors`` by its name) and load it
     into ``net`` (initialized or not)."""
+    return load_arrays_into(net, read_params(path), ctx=ctx, source=f"weights {os.fspath(path)}")
+
+
+def load_arrays_into(net, arrays, *, ctx=None, source="weights"):
+    """Check ``arrays`` (``{structural name: numpy array}``, as :func:`read_params` returns) against
+    ``net``'s parameters and load them (WeightsFormatError naming ``source`` when they do not fit)."""
     import mxnet as mx
 
-    arrays = read_params(path)
     params = net._collect_params_with_prefix()
-    check_params(arrays, {k: p.shape for k, p in params.items()}, source=f"weights {os.fspath(path)}")
+    check_params(arrays, {k: p.shape for k, p in params.items()}, source=source)
     ctx = ctx if ctx is not None else [mx.cpu()]
     for k, p in params.items():
         p._load_init(mx.nd.array(arrays[k], dtype=np.float32), ctx)

@@ -268,11 +268,11 @@ _POLARITY_CHOICE = click.Choice(["auto", "dark-on-light", "light-on-dark"])
 def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
     """Draw each of IMAGES beside its reconstruction by model NAME, with the predicted class."""
     from ._api import load
-    from ._hubrepo import card_for
+    from ._hubrepo import pinned_card
     from ._visualize import check_output_path, parse_labels, pixel_size, reconstruction_panel, save_image
     from .errors import InvalidInputError
 
-    card_for(name)
+    _, name = pinned_card(name)
     check_output_path(out)
     if not images:
         raise InvalidInputError("no images given; pass one or more IMAGE files")
@@ -298,10 +298,10 @@ def reconstruct_cmd(name, images, out, labels, columns, weights, polarity, ctx):
 def tweak_cmd(name, image, dims, range_spec, out, scale, weights, polarity, ctx):
     """Grid of IMAGE's reconstructions with one capsule dimension shifted (rows: dims, columns: offsets)."""
     from ._api import load
-    from ._hubrepo import card_for
+    from ._hubrepo import pinned_card
     from ._visualize import check_output_path, parse_dims, parse_range, pixel_size, save_image, tweak_images
 
-    card_for(name)
+    _, name = pinned_card(name)
     check_output_path(out)
     dim_list = parse_dims(dims)
     offsets = parse_range(range_spec)
@@ -329,11 +329,11 @@ def features_cmd(name, images, data_dir, samples, seed, out, weights, polarity, 
     import numpy as np
 
     from ._api import load
-    from ._hubrepo import card_for
+    from ._hubrepo import pinned_card
     from ._visualize import check_output_path, feature_space_plot, pixel_size, save_image
     from .errors import InvalidInputError
 
-    card_for(name)
+    _, name = pinned_card(name)
     check_output_path(out)
     use_mnist = data_dir is not None or samples is not None
     if images and use_mnist:
@@ -376,11 +376,11 @@ def routing_cmd(name, image, out, scale, weights, polarity, ctx):
     """Picture of routing by agreement for IMAGE in capsule net NAME: which primary capsules send their
     votes to the predicted class, per iteration."""
     from ._api import load
-    from ._hubrepo import card_for
+    from ._hubrepo import pinned_card
     from ._visualize import check_output_path, pixel_size, routing_figure, save_image
     from .errors import InvalidInputError
 
-    card = card_for(name)
+    card, name = pinned_card(name)
     if card.arch != "capsnet":
         raise InvalidInputError(f"{card.name} is not a capsule network: it has no routing to draw (its sub-nets: "
                                 f"{', '.join(card.subnets)}); use a capsnet-* entry")

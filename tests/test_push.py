@@ -613,6 +613,11 @@ def test_a_pushed_repository_loads_by_its_hub_name(built, card, hub, manifests, 
     seven = str(pathlib.Path(__file__).resolve().parent.parent / "examples" / "digits" / "seven-mnist.png")
     r = CliRunner().invoke(main, ["classify", "hf-hub:someone/my-capsnet@v1", seven])
     assert r.exit_code == 0 and r.output.split()[:2] == [seven, "7"], r.output
+    # online again: a command that checks the name first reads the tag's config.json once, then loads that commit
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    r = CliRunner().invoke(main, ["reconstruct", "hf-hub:someone/my-capsnet@v1", seven, "-o", str(tmp_path / "r.png")])
+    assert r.exit_code == 0 and r.output.startswith(f"wrote {tmp_path / 'r.png'}"), r.output
+    assert hub.count(contains="config.json") == 1 and hub.count(contains=card.weights.filename) == 0
 
 
 def _repo_with(hub, repo_id, config=None, weights=None):
