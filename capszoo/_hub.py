@@ -694,30 +694,32 @@ def _from_checkout(ws, *, expected, tried) -> Optional[str]:
         tried.append("bundled: not shipped in the package; checkout: capszoo is not running from a source "
                      "checkout (an editable install of a clone finds these weights in its weights/)")
         return None
-    candidate = os.path.join(os.fspath(folder), *ws.filename.split("/"))
-    if not os.path.isfile(candidate):
-        tried.append(f"bundled: not shipped; checkout: not in {folder}")
-        return None
-    actual = _sha_or_none(candidate)
-    if actual != expected:
-        raise WeightsIntegrityError(
-            f"the weights {candidate} in the source checkout have sha256 {actual or 'unreadable'}, expected "
-            f"{expected}: restore the file (git checkout -- weights/{ws.filename}), or pass path= a weights file you trust.")
-    return candidate
+    return _verified_file(
+        folder, ws, expected, tried, missing=f"bundled: not shipped; checkout: not in {folder}",
+        damaged="the weights {path} in the source checkout have sha256 {actual}, expected {expected}: restore the "
+                "file (git checkout -- weights/{filename}), or pass path= a weights file you trust.")
 
 
 def _from_bundled(ws, *, expected, tried) -> Optional[str]:
     if not ws.bundled:
         return _from_checkout(ws, expected=expected, tried=tried)
     folder = bundled_dir()
+    return _verified_file(
+        folder, ws, expected, tried, missing=f"bundled: missing from {folder} (damaged install: reinstall capszoo)",
+        damaged="the bundled weights {path} have sha256 {actual}, expected {expected}: the capszoo installation "
+                "is damaged or modified. Reinstall it (pip install --force-reinstall --no-deps capszoo), or pass "
+                "path= a weights file you trust.")
+
+
+def _verified_file(folder, ws, expected, tried, *, missing, damaged) -> Optional[str]:
+    """``ws.filename`` in ``folder`` when its sha256 is ``expected``; None (noting ``missing`` in ``tried``) when
+    absent; WeightsIntegrityError (``damaged`` with the path, digests and file name filled in) when it differs."""
     candidate = os.path.join(os.fspath(folder), *ws.filename.split("/"))
     if not os.path.isfile(candidate):
-        tried.append(f"bundled: missing from {folder} (damaged install: reinstall capszoo)")
+        tried.append(missing)
         return None
     actual = _sha_or_none(candidate)
     if actual != expected:
-        raise WeightsIntegrityError(
-            f"the bundled weights {candidate} have sha256 {actual or 'unreadable'}, expected {expected}: "
-            "the capszoo installation is damaged or modified. Reinstall it "
-            "(pip install --force-reinstall --no-deps capszoo), or pass path= a weights file you trust.")
+        raise WeightsIntegrityError(damaged.format(path=candidate, actual=actual or "unreadable", expected=expected,
+                                                    filename=ws.filename))
     return candidate

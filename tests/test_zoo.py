@@ -133,7 +133,7 @@ def test_checkout_weights_are_verified(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(capszoo.errors.WeightsIntegrityError, match=r"in the source checkout have sha256 .*git "
-                                                                     r"checkout -- weights/"):
+                       r"checkout -- weights/" + re.escape(card.weights.filename) + r"\)"):
         capszoo.load(name)
     monkeypatch.setattr(_hub, "checkout_weights_dir", lambda: None)
     with pytest.raises(WeightsNotAvailableError, match="not running from a source checkout.*offline mode is on"):
