@@ -23,8 +23,8 @@ import re
 
 from .errors import InvalidInputError, ModelNotFoundError, WeightsNotAvailableError
 
-__all__ = ["HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_card", "card_for", "pinned_card", "is_repo_id", "is_revision",
-           "SHA256_HEX", "COMMIT_ID"]
+__all__ = ["HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_card", "card_for", "pinned_card", "is_repo_id",
+           "is_revision", "SHA256_HEX", "COMMIT_ID"]
 
 #: The prefix that makes a model name a Hub repository.
 HUB_PREFIX = "hf-hub:"
@@ -190,8 +190,7 @@ def _card_from_config(config, repo_id, commit, name):
                                 "sha256, size_bytes); push the entry again with `capszoo push`")
     metrics = config.get("metrics") if isinstance(config.get("metrics"), dict) else {}
     ws = WeightsSource(filename=w["params"], sha256=w["sha256"].lower(), size_bytes=w["size_bytes"],
-                       hf_repo_id=repo_id,
-                       hf_revision=commit, bundled=False)
+                       hf_repo_id=repo_id, hf_revision=commit, bundled=False)
     # the registered card's training record describes its own weights only
     same = card.weights is not None and card.weights.sha256 == ws.sha256
     return dataclasses.replace(card, weights=ws, metrics={k: v for k, v in metrics.items()
