@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -112,8 +114,9 @@ def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=No
         Registered model name or alias.
     fmt : {"mxnet", "onnx"}
     out_dir : str
-        Output folder (created).  Files are written atomically; exporting again
-        over an earlier export replaces it.
+        Output folder (created).  The files are written and verified in a hidden folder inside it,
+        then moved in place: exporting again replaces an earlier export, and an export that fails
+        (or fails verification) leaves the folder as it was.
     prefix : str, optional
         File name prefix; default the model name (``capsnet-mnist``) or
         ``capsnet-mnist-<Start>-<End>`` for a slice.
@@ -162,35 +165,20 @@ def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=No
     if not prefix or os.sep in prefix or prefix.startswith("."):
         raise InvalidInputError(f"bad --prefix {prefix!r}: use a plain file name prefix")
     out_names = list(block.output_names)
-    if fmt == "mxnet":
-        res = exporters.export_mxnet(block, out_dir, prefix=prefix, input_shape=input_shape, output_names=out_names)
-        paths = {"symbol": res["symbol"], "params": res["params"]}
-    else:
-        path = os.path.join(out_dir, prefix + (".int8.onnx" if dtype == "int8" else ".onnx"))
-        _export_onnx(model, block, path, input_shape, out_names, slice_spec, dtype)
-        paths = {"onnx": path}
-
-    verification = None
-    if verify:
-        x, labels = _verification_inputs(model, block, data_dir, verify_count)
+    staging = _staging_folder(out_dir)
+    try:
         if fmt == "mxnet":
-            v = exporters.verify_mxnet(paths["symbol"], paths["params"], block, x, labels=labels)
-            verification = {"runtime": "mxnet (SymbolBlock.imports and Module)", "max_abs_diff": v["max_abs_diff"],
-                            "per_output": {"symbolblock": v["symbolblock"], "module": v["module"]},
-                            "num_inputs": v["num_inputs"],
-                            "accuracy": min(v["accuracy"].values()) if "accuracy" in v else None}
+            res = exporters.export_mxnet(block, staging, prefix=prefix, input_shape=input_shape,
+                                         output_names=out_names)
+            paths = {"symbol": res["symbol"], "params": res["params"]}
         else:
-            v = exporters.verify_onnx(paths["onnx"], block, x, labels=labels)
-            verification = {"runtime": f"onnxruntime {v['onnxruntime_version']}", "max_abs_diff": v["max_abs_diff"],
-                            "per_output": v["onnxruntime"], "num_inputs": v["num_inputs"],
-                            "accuracy": v.get("accuracy")}
-        verification["dtype"] = dtype
-        # the decoders amplify the capsules' float rounding about 30-fold (capsnet-mnist: capsules within
-        # 4.8e-7, reconstructions within 1.4e-5), so an export with a reconstruction gets 5e-5
-        limit = 5e-5 if "reconstruction" in out_names else 1e-5
-        if dtype == "float32" and verification["max_abs_diff"] > limit:
-            raise ExportError(f"verification failed: the export differs from capszoo by "
-                              f"{verification['max_abs_diff']:.3g} (> {limit:g}): {verification['per_output']}")
+            path = os.path.join(staging, prefix + (".int8.onnx" if dtype == "int8" else ".onnx"))
+            _export_onnx(model, block, path, input_shape, out_names, slice_spec, dtype)
+            paths = {"onnx": path}
+        verification = _verify(model, block, fmt, paths, data_dir, verify_count, dtype) if verify else None
+        paths = {role: _move_into(p, out_dir) for role, p in paths.items()}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     card = model.card
     meta = exporters.write_metadata(
         out_dir, model_name=card.name, version=_version(),
@@ -201,6 +189,52 @@ def export_model(name, *, fmt, out_dir, prefix=None, slice_spec=None, weights=No
         preprocessing=card.preprocessing, verification=verification, dtype=dtype)
     files = [{"path": p, "bytes": os.path.getsize(p), "sha256": sha256_file(p)} for p in paths.values()]
     return {"files": files, "metadata": meta, "verification": verification}
+
+
+def _staging_folder(out_dir):
+    """A hidden folder inside ``out_dir`` (created) where an export is written and verified before it
+    replaces an earlier one: a failed export leaves ``out_dir`` as it was."""
+    from capszoo.exporters._mxnet import _makedirs
+
+    _makedirs(out_dir)
+    try:
+        return tempfile.mkdtemp(prefix=".capszoo-export-", dir=out_dir)
+    except OSError as exc:
+        raise ExportError(f"cannot write in {out_dir}: {exc.strerror or exc}; choose a folder you can write to") \
+            from None
+
+
+def _move_into(path, out_dir):
+    dest = os.path.join(out_dir, os.path.basename(path))
+    os.replace(path, dest)
+    return dest
+
+
+def _verify(model, block, fmt, paths, data_dir, count, dtype):
+    """Reload an export in its runtime; the differences and accuracy, or ExportError past the tolerance."""
+    from capszoo import exporters
+
+    x, labels = _verification_inputs(model, block, data_dir, count)
+    if fmt == "mxnet":
+        v = exporters.verify_mxnet(paths["symbol"], paths["params"], block, x, labels=labels)
+        verification = {"runtime": "mxnet (SymbolBlock.imports and Module)", "max_abs_diff": v["max_abs_diff"],
+                        "per_output": {"symbolblock": v["symbolblock"], "module": v["module"]},
+                        "num_inputs": v["num_inputs"],
+                        "accuracy": min(v["accuracy"].values()) if "accuracy" in v else None}
+    else:
+        v = exporters.verify_onnx(paths["onnx"], block, x, labels=labels)
+        verification = {"runtime": f"onnxruntime {v['onnxruntime_version']}", "max_abs_diff": v["max_abs_diff"],
+                        "per_output": v["onnxruntime"], "num_inputs": v["num_inputs"],
+                        "accuracy": v.get("accuracy")}
+    verification["dtype"] = dtype
+    # the decoders amplify the capsules' float rounding about 30-fold (capsnet-mnist: capsules within
+    # 4.8e-7, reconstructions within 1.4e-5), so an export with a reconstruction gets 5e-5
+    limit = 5e-5 if "reconstruction" in block.output_names else 1e-5
+    if dtype == "float32" and verification["max_abs_diff"] > limit:
+        raise ExportError(f"verification failed: the export differs from capszoo by "
+                          f"{verification['max_abs_diff']:.3g} (> {limit:g}): {verification['per_output']}; "
+                          "nothing was written")
+    return verification
 
 
 def _version():
@@ -284,8 +318,6 @@ def _export_onnx(model, block, path, input_shape, out_names, slice_spec, dtype):
     kwargs = onnx_metadata(model, block, input_shape, out_names, slice_spec)
     if dtype == "float32":
         return exporters.export_onnx(block, path, input_shape=input_shape, output_names=out_names, **kwargs)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="capszoo-export-") as tmp:
         fp32 = os.path.join(tmp, "float32.onnx")
         exporters.export_onnx(block, fp32, input_shape=input_shape, output_names=out_names, **kwargs)

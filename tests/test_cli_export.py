@@ -61,3 +61,27 @@ def test_file_in_the_way(run, tmp_path):
     r = run("--format", "onnx", "-o", str(blocker / "sub"))
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
     assert blocker.read_text() == "x"
+
+
+def test_an_export_that_fails_verification_leaves_the_folder_as_it_was(run, tmp_path, monkeypatch):
+    import mxnet as mx
+    from capszoo import exporters
+
+    r = run("--format", "mxnet", "--slice", "Reconstruct", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_export = exporters.export_mxnet
+
+    def export_then_corrupt(*args, **kwargs):
+        res = real_export(*args, **kwargs)
+        params = mx.nd.load(res["params"])
+        first = sorted(params)[0]
+        params[first] = params[first] + 0.01
+        mx.nd.save(res["params"], params)
+        return res
+
+    monkeypatch.setattr(exporters, "export_mxnet", export_then_corrupt)
+    r = run("--format", "mxnet", "--slice", "Reconstruct", "-o", str(tmp_path), "--verify", "--verify-count", "20")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "verification failed: the export differs from capszoo by" in r.output and "nothing was written" in r.output
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no staging folder left either
