@@ -10,8 +10,8 @@ per-epoch training logs (``recipes/<recipe>.metrics.jsonl``) and the newest
 ``bench/results/*-zoo-speed.json`` (``scripts/zoo_speed.py``); the runtimes table from the newest
 ``bench/results/*-onnx-runtimes.json`` (``scripts/onnx_runtimes.py``); the speed tables from the newest full
 ``python -m bench`` run (``bench/results/<date>T<hhmm>.json``); the int8 sentence from
-``bench/results/*-onnx-int8.json`` (``scripts/onnx_int8.py``).  The paper's and the Keras CapsNet's test errors are
-quoted as published.  ``tests/test_readme.py`` fails
+``bench/results/*-onnx-int8.json`` (``scripts/onnx_int8.py``).  The paper's, the Keras CapsNet's and ethanleet's test
+errors are quoted as published.  ``tests/test_readme.py`` fails
 when README.md and these sources disagree.
 """
 import argparse
@@ -48,6 +48,9 @@ MARKERS = {
 #: and the Keras CapsNet (XifengGuo/CapsNet-Keras, mean of 3 runs, 50 epochs).
 PAPER = {(1, False): 0.34, (1, True): 0.29, (3, False): 0.35, (3, True): 0.25}
 KERAS = {(1, False): 0.39, (1, True): 0.36, (3, False): 0.40, (3, True): 0.34}
+#: Test error (%) by decoder, routing 3 with the reconstruction loss: ethanleet/CapsNet (PyTorch), one run each
+#: at 25 epochs, its fully connected decoder (the paper's, from the masked 160-D output) and its deconvolution one.
+ETHANLEET = {"masked": 0.49, "deconv": 0.46}
 #: The epoch at which the entries are compared (the variants' budget).
 EPOCH = 10
 _DECODER = {"pick": "16-D Pick -> 512 -> 1024 -> 784", "masked": "masked 160-D -> 512 -> 1024 -> 784",
@@ -126,10 +129,14 @@ def _speeds(entry):
     return " / ".join(f"{entry[e]['images_per_second']:.0f}" if e in entry else "-" for e in ("onnxruntime", "mxnet"))
 
 
+def _ethanleet(routing, decoder, reco):
+    return f"{ETHANLEET[decoder]:.2f} %" if routing == 3 and reco > 0 and decoder in ETHANLEET else "-"
+
+
 def render_ablation(cards, speed):
     rows = ["| entry | routing | decoder | reconstruction loss | parameters | validation errors at epoch "
-            f"{EPOCH} | test error | images/s at batch 128, onnxruntime / MXNet | paper | Keras |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            f"{EPOCH} | test error | images/s at batch 128, onnxruntime / MXNet | paper | Keras | ethanleet |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in cards:
         r, d = c.arch_args.get("routing_iterations"), c.arch_args.get("decoder")
         recipe = capszoo.load_recipe(c.recipe)
@@ -141,7 +148,7 @@ def render_ablation(cards, speed):
         rows.append(f"| `{c.name}` | {r if r else '-'} | {_DECODER.get(d, 'softmax classifier')} | "
                     f"{reco:g} | {c.num_params:,} | {val if val is not None else '-'} | {test} | "
                     f"{ips} | {f'{PAPER[key]:.2f} %' if key else '-'} | "
-                    f"{f'{KERAS[key]:.2f} %' if key else '-'} |")
+                    f"{f'{KERAS[key]:.2f} %' if key else '-'} | {_ethanleet(r, d, reco)} |")
     return "\n".join(rows)
 
 
