@@ -194,12 +194,15 @@ def test_routing_of_a_non_capsule_entry_is_refused(tmp_path):
         capszoo.load("lenet-mnist").routing(DIGITS[0])
 
 
-def test_unpublished_entry_says_how_to_get_weights():
-    name = next((n for n in ENTRIES if n not in PUBLISHED), None)
-    if name is None:
-        pytest.skip("every entry has published weights")
-    with pytest.raises(WeightsNotAvailableError, match=f"capszoo train {name}"):
-        capszoo.load(name)
+def test_unpublished_entry_says_how_to_get_weights(toy):
+    """An entry without published weights (the toy entry never has any) names the recipe that trains them."""
+    from toy_entry import RECIPE
+
+    with pytest.raises(WeightsNotAvailableError, match=re.escape(f"train them with `capszoo train {RECIPE}`")):
+        capszoo.load("toy-mlp-mnist")
+    res = cli("classify", "toy-mlp-mnist", DIGITS[0])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.startswith("Error: no pretrained weights are published for toy-mlp-mnist yet")
 
 
 @pytest.mark.parametrize("given,target,fits", [
